@@ -1,0 +1,108 @@
+"""The `r1lite` command: train, chat, eval, report and rewards check."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from r1lite import __version__
+
+COMMANDS = {
+    "train": "GRPO-train a LoRA adapter from a YAML recipe (--config) plus overrides",
+    "chat": "ask one question with and without an adapter (the recipe's probe)",
+    "report": "write plots and report.md/report.html for a run directory",
+}
+
+
+class CliError(Exception):
+    """Errors that deserve one clear line, not a traceback."""
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # transformers' per-load progress bars and notices drown our own messages
+    for noisy in ("httpx", "urllib3", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_train(argv: list[str]) -> int:
+    from r1lite.config import parse_run_config
+    from r1lite.train import train
+
+    config = parse_run_config(argv, prog="r1lite train")
+    adapter = train(config)
+    print(f"adapter: {adapter}\nmetrics: {config.output_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_chat(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="r1lite chat", description=COMMANDS["chat"])
+    parser.add_argument("question", help="e.g. \"How many r's are in strawberry?\"")
+    parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter directory (a run's adapter/)")
+    parser.add_argument("--system_prompt", default=None,
+                        help="override the system prompt; 'recipe' for the format prompt, '' for none")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top_p", type=float, default=0.95)
+    parser.add_argument("--max_new_tokens", type=int, default=1024)
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from r1lite.generate import chat
+    from r1lite.prompts import SYSTEM_PROMPT
+
+    system_prompt = SYSTEM_PROMPT if args.system_prompt == "recipe" else args.system_prompt
+    reply = chat(args.question, args.model, args.adapter, system_prompt, args.temperature, args.top_p,
+                 args.max_new_tokens, args.precision, args.seed)
+    print(reply)
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="r1lite report", description=COMMANDS["report"])
+    parser.add_argument("run_dir", help="a training run's output directory (holds metrics.jsonl)")
+    parser.add_argument("--smooth", type=int, default=None, help="moving-average window (default: by run length)")
+    args = parser.parse_args(argv)
+
+    from r1lite.report import write_report
+
+    for name, path in write_report(args.run_dir, smooth=args.smooth).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+HANDLERS = {"train": cmd_train, "chat": cmd_chat, "report": cmd_report}
+
+
+def _usage() -> str:
+    lines = [f"r1lite {__version__}: GRPO reasoning training for small models", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, help_ in COMMANDS.items()]
+    lines += ["", "Run `r1lite COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in HANDLERS:
+        print(f"r1lite: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    _setup_logging()
+    from r1lite.config import ConfigError
+    from r1lite.data import DataError
+    from r1lite.models import ModelError
+    from r1lite.rewards import RewardError
+
+    try:
+        return HANDLERS[command](rest)
+    except (ConfigError, DataError, ModelError, RewardError, CliError, FileNotFoundError) as exc:
+        print(f"r1lite {command}: error: {exc}", file=sys.stderr)
+        return 2
