@@ -143,5 +143,10 @@ def test_long_prompts_are_dropped(gsm8k_rows, tiny_model_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    dataset, stats = prepare(gsm8k_rows[:10], tokenizer=tokenizer, max_prompt_length=60)
-    assert stats.too_long > 0 and stats.kept + stats.too_long == 10
+    lengths = sorted(
+        len(tokenizer.apply_chat_template(build_prompt(r["question"]), add_generation_prompt=True)["input_ids"])
+        for r in gsm8k_rows[:10]
+    )
+    dataset, stats = prepare(gsm8k_rows[:10], tokenizer=tokenizer, max_prompt_length=lengths[4])
+    assert stats.too_long == sum(n > lengths[4] for n in lengths) > 0
+    assert stats.kept == len(dataset) == 10 - stats.too_long

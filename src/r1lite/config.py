@@ -174,8 +174,8 @@ def _yaml_to_argv(config: dict[str, Any], known: set[str], source: str) -> list[
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{source}: unknown key '{key}'{hint}")
-        if value is None:
-            continue  # None means "the default"; argparse has no token for it
+        if value is None or value == []:
+            continue  # "the default": argparse has no token for None or an empty list
         if isinstance(value, dict):
             raise ConfigError(f"{source}: key '{key}' takes a single value or a list, not a mapping")
         values = value if isinstance(value, list) else [value]

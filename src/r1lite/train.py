@@ -19,7 +19,7 @@ from trl import GRPOConfig, GRPOTrainer
 from r1lite import callbacks
 from r1lite.config import RunConfig
 from r1lite.data import load_prepared
-from r1lite.models import attach_adapter, default_device, load_model, lora_config, resolve_dtype
+from r1lite.models import ModelError, attach_adapter, default_device, load_model, lora_config, resolve_dtype
 from r1lite.prompts import SYSTEM_PROMPT
 from r1lite.rewards import build_reward_funcs
 from r1lite.rewards.base import completion_text
@@ -40,9 +40,15 @@ def adapt_to_device(grpo: dict[str, Any], precision: str, device: str) -> dict[s
         if "8bit" in str(grpo.get("optim", "")) and importlib.util.find_spec("bitsandbytes") is None:
             logger.warning("optim %s needs bitsandbytes (CUDA); using adamw_torch on CPU", grpo["optim"])
             grpo["optim"] = "adamw_torch"
-    elif grpo.get("use_vllm") and importlib.util.find_spec("vllm") is None:
-        raise RuntimeError("use_vllm: true needs vLLM on this machine: pip install 'r1lite[gpu]' (or set use_vllm false)")
     return grpo
+
+
+def preflight(args: GRPOConfig) -> None:
+    """Fail before loading a model on what would otherwise fail deep inside TRL."""
+    if args.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise ModelError("use_vllm: true needs vLLM on this machine: pip install 'r1lite[gpu]' (or set use_vllm false)")
+    if "8bit" in str(args.optim) and importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"optim {args.optim} needs bitsandbytes: pip install 'r1lite[gpu]' (or optim adamw_torch)")
 
 
 def build_grpo_config(config: RunConfig, device: str | None = None) -> GRPOConfig:
@@ -85,6 +91,7 @@ def train(config: RunConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     device = default_device()
     args = build_grpo_config(config, device)
+    preflight(args)
     checkpoint = _checkpoint_to_resume(out) if config.run.resume else None
     config.save(out / "config.yaml")
 

@@ -47,8 +47,8 @@ class ArithError(ValueError):
 
 @dataclass(frozen=True)
 class ArithSpec:
-    digits: int = field(default=1, metadata={"help": "Maximum digits per operand (operands are 1..10**digits-1)."})
-    num_ops: int = field(default=1, metadata={"help": "Operations per problem: more steps, longer reasoning."})
+    digits: int = field(default=1, metadata={"help": "Maximum digits per operand (1..10**digits-1)."})
+    num_ops: int = field(default=1, metadata={"help": "Operations per problem; more means longer reasoning."})
     ops: str = field(default="+-", metadata={"help": "Allowed operators, any of '+-*' (no division)."})
 
     def __post_init__(self):
@@ -61,7 +61,7 @@ class ArithSpec:
             raise ArithError(f"ArithSpec.ops must be a non-empty string of operators from '{OPERATORS}'")
         unknown = sorted(set(self.ops) - set(OPERATORS))
         if unknown:
-            raise ArithError(f"ArithSpec.ops: unknown operator(s) {unknown}; allowed: '{OPERATORS}' (no division)")
+            raise ArithError(f"ArithSpec.ops: unknown operator(s) {unknown}; allowed: {OPERATORS!r}")
         if len(set(self.ops)) != len(self.ops):
             raise ArithError(f"ArithSpec.ops lists an operator twice: {self.ops!r}")
 
@@ -81,14 +81,14 @@ class Problem(NamedTuple):
     def key(self) -> str:
         """Canonical text, e.g. ``7+5*3`` (read left to right); the split hash is taken over it."""
         parts = [str(self.operands[0])]
-        for op, b in zip(self.ops, self.operands[1:]):
+        for op, b in zip(self.ops, self.operands[1:], strict=True):
             parts += [op, str(b)]
         return "".join(parts)
 
     def steps(self) -> list[tuple[int, str, int, int]]:
         """``(left, op, right, result)`` per operation, left to right."""
         out, value = [], self.operands[0]
-        for op, b in zip(self.ops, self.operands[1:]):
+        for op, b in zip(self.ops, self.operands[1:], strict=True):
             result = _APPLY[op](value, b)
             out.append((value, op, b, result))
             value = result
@@ -131,13 +131,16 @@ TEMPLATES = (
     Template("sticker", "stickers", "{name} owns {a}.", "{p} buys {b_more}.", "{p} gives {b} to a friend.",
              "the number of stickers {p} owns grows to {n} times what it was.",
              "How many stickers does {name} own now?"),
-    Template("book", "books", "There are {a} on {name}'s shelf.", "{name} adds {b_more}.", "{name} donates {b}.",
-             "the number of books on the shelf becomes {n} times as large.", "How many books are on the shelf now?"),
-    Template("cookie", "cookies", "{name} bakes {a}.", "{p} bakes {b_more}.", "{p} gives {b} to the neighbours.",
+    Template("book", "books", "There are {a} on {name}'s shelf.", "{name} adds {b_more}.",
+             "{name} donates {b}.", "the number of books on the shelf becomes {n} times as large.",
+             "How many books are on the shelf now?"),
+    Template("cookie", "cookies", "{name} bakes {a}.", "{p} bakes {b_more}.",
+             "{p} gives {b} to the neighbours.",
              "a bigger batch leaves {o} with {n} times as many cookies as before.",
              "How many cookies does {name} have now?"),
     Template("seashell", "seashells", "{name} has {a}.", "{p} collects {b_more} at the beach.",
-             "{p} gives {b} to {pos} cousin.", "after another trip, {p} has {n} times as many seashells as before.",
+             "{p} gives {b} to {pos} cousin.",
+             "after another trip, {p} has {n} times as many seashells as before.",
              "How many seashells does {name} have now?"),
 )
 
@@ -212,14 +215,22 @@ def _enumerate(spec: ArithSpec, limit: int) -> list[Problem]:
     return out
 
 
-@functools.lru_cache(maxsize=16)
-def _split_pool(spec: ArithSpec, split: str) -> tuple[Problem, ...] | None:
-    """All problems of a split when the space is small enough to list, else None (then we sample)."""
+@functools.lru_cache(maxsize=2)  # one spec is used at a time; a listed space can hold 250k problems
+def _pools(spec: ArithSpec) -> dict[str, tuple[Problem, ...]] | None:
     try:
         problems = _enumerate(spec, ENUMERATE_LIMIT)
     except _TooMany:
         return None
-    return tuple(p for p in problems if split_of(p) == split)
+    pools: dict[str, list[Problem]] = {split: [] for split in SPLITS}
+    for problem in problems:
+        pools[split_of(problem)].append(problem)
+    return {split: tuple(pool) for split, pool in pools.items()}
+
+
+def _split_pool(spec: ArithSpec, split: str) -> tuple[Problem, ...] | None:
+    """All problems of a split when the space is small enough to list, else None (then we sample)."""
+    pools = _pools(spec)
+    return None if pools is None else pools[split]
 
 
 def max_rows(spec: ArithSpec, split: str) -> int | None:
@@ -274,8 +285,8 @@ def _choose(spec: ArithSpec, split: str, n: int, rng: random.Random) -> list[tup
     capacity = len(pool) * len(SURFACES)
     if n > capacity:
         raise ArithError(
-            f"{spec} [{split}]: asked for {n} rows but the spec has only {len(pool)} distinct problems in this "
-            f"split x {len(SURFACES)} wordings = {capacity} distinct questions; ask for fewer rows "
+            f"{spec} [{split}]: asked for {n} rows but the spec has only {len(pool)} distinct problems in "
+            f"this split x {len(SURFACES)} wordings = {capacity} distinct questions; ask for fewer rows "
             "or widen the spec (e.g. arith:digits=2 or num_ops=2)"
         )
     if n > len(pool):
@@ -286,7 +297,9 @@ def _choose(spec: ArithSpec, split: str, n: int, rng: random.Random) -> list[tup
     return [(order[i % len(order)], i // len(order)) for i in range(n)]
 
 
-def generate(n: int, split: str = "train", seed: int = 0, spec: ArithSpec = ArithSpec()) -> list[dict[str, str]]:
+def generate(
+    n: int, split: str = "train", seed: int = 0, spec: ArithSpec = ArithSpec()
+) -> list[dict[str, str]]:
     """``n`` rows ``{"question", "answer"}``, deterministic in (n, split, seed, spec); see the module doc."""
     if split not in SPLITS:
         raise ArithError(f"arith: unknown split {split!r}; use one of {SPLITS}")

