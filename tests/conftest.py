@@ -20,7 +20,7 @@ def gsm8k_dir() -> Path:
 @pytest.fixture(scope="session")
 def gsm8k_rows(gsm8k_dir) -> list[dict]:
     with (gsm8k_dir / "train.jsonl").open() as f:
-        return [json.loads(line) for _, line in zip(range(64), f)]
+        return [json.loads(line) for _, line in zip(range(64), f, strict=False)]
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,8 @@ def test_real_rows_become_conversational_prompts(gsm8k_rows):
 
 
 def test_system_prompt_is_the_recipes_exact_text():
-    assert SYSTEM_PROMPT == "\nRespond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"
+    expected = "\nRespond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"
+    assert SYSTEM_PROMPT == expected
 
 
 def test_malformed_rows_are_dropped_and_counted(gsm8k_rows):

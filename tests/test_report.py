@@ -132,6 +132,7 @@ def test_read_jsonl_counts_bad_lines(tmp_path):
 def test_smoothing_helpers():
     assert moving_average([1.0, 2.0, 3.0, 4.0, 5.0], 3) == [1.5, 2.0, 3.0, 4.0, 4.5]
     assert moving_average([1.0, 5.0], 1) == [1.0, 5.0]
+    assert moving_average([2.0, 4.0, 6.0], 2) == [3.0, 5.0, 6.0]  # an even window leans forward
     assert window_means(list(map(float, range(20)))) == (0.5, 18.5)
     assert window_means([3.0]) == (3.0, 3.0)
     assert default_window(10) == 1 and default_window(250) == 17 and default_window(10_000) == 50

@@ -62,16 +62,19 @@ def format_rate(logs: dict) -> float | None:
     return None
 
 
-class RewardProgress(TrainerCallback):
-    """One bar for the run: step, mean reward, strict-format rate and seconds per step."""
+class StepProgress(TrainerCallback):
+    """One bar for the run: step, seconds per step, and the mean reward and strict-format rate
+    (GRPO) or the loss (SFT)."""
 
-    def __init__(self):
+    def __init__(self, desc: str = "GRPO"):
+        self.desc = desc
         self.bar = None
         self.last = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="GRPO", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc, unit="step",
+                            dynamic_ncols=True)
         self.last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -79,15 +82,18 @@ class RewardProgress(TrainerCallback):
             self.bar.update(state.global_step - self.bar.n)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.bar is None or not logs or "reward" not in logs:
+        if self.bar is None or not logs or ("reward" not in logs and "loss" not in logs):
             return
         now = time.perf_counter()
-        per_step = (now - self.last) / max(1, args.logging_steps)
+        postfix = {"s/step": f"{(now - self.last) / max(1, args.logging_steps):.1f}"}
         self.last = now
-        postfix = {"reward": f"{logs['reward']:.3f}" if logs["reward"] is not None else "n/a", "s/step": f"{per_step:.1f}"}
-        rate = format_rate(logs)
-        if rate is not None:
-            postfix["format"] = f"{rate:.0%}"
+        if logs.get("reward") is not None:
+            postfix["reward"] = f"{logs['reward']:.3f}"
+            rate = format_rate(logs)
+            if rate is not None:
+                postfix["format"] = f"{rate:.0%}"
+        elif logs.get("loss") is not None:
+            postfix["loss"] = f"{logs['loss']:.3f}"
         self.bar.set_postfix(postfix, refresh=True)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -125,5 +131,5 @@ def install(trainer, out: Path, reward_funcs, patience: int, resumed_step: int =
     """Swap transformers' loss-only progress bar for ours and add the metrics writer and warnings."""
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(MetricsWriter(out / "metrics.jsonl", resumed_step))
-    trainer.add_callback(RewardProgress())
+    trainer.add_callback(StepProgress())
     trainer.add_callback(SignalWatch([f.__name__ for f in reward_funcs], patience))

@@ -10,6 +10,7 @@ from r1lite import __version__
 
 COMMANDS = {
     "train": "GRPO-train a LoRA adapter from a YAML recipe (--config) plus overrides",
+    "sft": "supervised warm-up on worked solutions in the target format (a cold start for train)",
     "chat": "ask one question with and without an adapter (the recipe's probe)",
     "report": "write plots and report.md/report.html for a run directory",
 }
@@ -33,6 +34,14 @@ def cmd_train(argv: list[str]) -> int:
     config = parse_run_config(argv, prog="r1lite train")
     adapter = train(config)
     print(f"adapter: {adapter}\nmetrics: {config.output_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_sft(argv: list[str]) -> int:
+    from r1lite.sft import sft
+
+    adapter = sft(argv)
+    print(f"adapter: {adapter}\nstart GRPO from it: r1lite train --init_adapter {adapter} ...")
     return 0
 
 
@@ -73,7 +82,7 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"train": cmd_train, "chat": cmd_chat, "report": cmd_report}
+HANDLERS = {"train": cmd_train, "sft": cmd_sft, "chat": cmd_chat, "report": cmd_report}
 
 
 def _usage() -> str:
@@ -99,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     from r1lite.config import ConfigError
     from r1lite.data import DataError
     from r1lite.models import ModelError
+    from r1lite.report import ReportError
     from r1lite.rewards import RewardError
 
     try:
         return HANDLERS[command](rest)
-    except (ConfigError, DataError, ModelError, RewardError, CliError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ModelError, RewardError, ReportError, CliError, FileNotFoundError) as exc:
         print(f"r1lite {command}: error: {exc}", file=sys.stderr)
         return 2

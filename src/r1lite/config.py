@@ -159,9 +159,9 @@ class _Parser(HfArgumentParser):
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
-def build_parser(prog: str = "r1lite train") -> HfArgumentParser:
-    parser = _Parser((*R1LITE_ARGS, GRPOConfig), prog=prog)
-    parser.set_defaults(**GRPO_DEFAULTS)
+def build_parser(prog: str, sections: tuple[type, ...], trl_config: type, defaults: dict[str, Any]) -> _Parser:
+    parser = _Parser((*sections, trl_config), prog=prog)
+    parser.set_defaults(**defaults)
     parser.add_argument("--config", default=None, help="Flat YAML recipe; command-line flags override it.")
     return parser
 
@@ -184,10 +184,12 @@ def _yaml_to_argv(config: dict[str, Any], known: set[str], source: str) -> list[
     return argv
 
 
-def parse_run_config(argv: list[str] | None = None, prog: str = "r1lite train") -> RunConfig:
-    """Parse ``--config recipe.yaml`` plus overrides into a validated RunConfig."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(prog)
+def parse_sections(
+    argv: list[str], prog: str, sections: tuple[type, ...], trl_config: type, defaults: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """Recipe plus flags -> one instance per r1lite section and the TRL config's keyword arguments."""
+    argv = list(argv)
+    parser = build_parser(prog, sections, trl_config, defaults)
     known = {a.dest for a in parser._actions} - {"help", "config"}
     recipe_argv: list[str] = []
     if "--config" in argv:
@@ -202,11 +204,18 @@ def parse_run_config(argv: list[str] | None = None, prog: str = "r1lite train") 
         raise ConfigError(f"unknown argument(s): {' '.join(unknown)} (see `{prog} --help`)")
     values = vars(namespace)
     values.pop("config", None)
-    sections = []
-    for dtype in R1LITE_ARGS:
+    instances = []
+    for dtype in sections:
         names = [f.name for f in dataclasses.fields(dtype)]
-        sections.append(dtype(**{n: values.pop(n) for n in names}))
-    config = RunConfig(*sections, grpo=values)
+        instances.append(dtype(**{n: values.pop(n) for n in names}))
+    return instances, values
+
+
+def parse_run_config(argv: list[str] | None = None, prog: str = "r1lite train") -> RunConfig:
+    """Parse ``--config recipe.yaml`` plus overrides into a validated RunConfig."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sections, grpo = parse_sections(argv, prog, R1LITE_ARGS, GRPOConfig, GRPO_DEFAULTS)
+    config = RunConfig(*sections, grpo=grpo)
     validate(config)
     return config
 

@@ -103,9 +103,7 @@ def _read_hub(name: str, split: str) -> list[dict[str, Any]]:
 def load_rows(dataset: str, split: str = "train", n: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
     """Raw rows (``question``, ``answer``) from a hub id, a file, a folder, or the ``arith`` task."""
     if dataset == "arith" or dataset.startswith("arith:"):
-        from r1lite.tasks import arith
-
-        return arith.from_dataset_string(dataset, split=split, n=n or 2000, seed=seed)
+        return _arith_rows(dataset, split, n, seed)
     path = Path(dataset).expanduser()
     if path.is_dir():
         return _read_file(_find_split_file(path, split))
@@ -114,6 +112,22 @@ def load_rows(dataset: str, split: str = "train", n: int | None = None, seed: in
     if path.suffix in LOCAL_SUFFIXES or dataset.startswith((".", "/", "~")):
         raise DataError(f"dataset file not found: {path}")
     return _read_hub(dataset, split)
+
+
+def _arith_rows(dataset: str, split: str, n: int | None, seed: int) -> list[dict[str, Any]]:
+    from r1lite.tasks import arith
+
+    try:
+        spec = arith.parse_spec(dataset)
+        # Test: every problem of the split once (wordings beyond that add nothing). Train: plenty to sample.
+        wanted = n or (2000 if split == "train" else 200)
+        cap = arith.max_rows(spec, split)
+        if cap is not None:
+            distinct = cap // len(arith.SURFACES)
+            wanted = min(wanted, cap if split == "train" else distinct)
+        return arith.generate(wanted, split=split, seed=seed, spec=spec)
+    except arith.ArithError as exc:
+        raise DataError(f"--dataset {dataset}: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------------------------- prompts

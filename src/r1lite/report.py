@@ -68,8 +68,7 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            bad += 1
-            continue
+            record = None
         if isinstance(record, dict):
             records.append(record)
         else:
@@ -130,13 +129,12 @@ def default_window(num_points: int) -> int:
 
 def moving_average(values: list[float], window: int) -> list[float]:
     """Centred moving average (no lag, unlike an EMA); the window shrinks at both ends."""
-    half = max(0, window // 2)
     prefix = [0.0]
     for v in values:
         prefix.append(prefix[-1] + v)
     out = []
     for i in range(len(values)):
-        lo, hi = max(0, i - half), min(len(values), i + half + 1)
+        lo, hi = max(0, i - (window - 1) // 2), min(len(values), i + window // 2 + 1)
         out.append((prefix[hi] - prefix[lo]) / (hi - lo))
     return out
 
@@ -269,7 +267,8 @@ def pick_samples(samples: list[dict[str, Any]], per_step: int = 2) -> list[tuple
 
 def _reward_text(sample: dict[str, Any]) -> str:
     total = fmt(_number(sample.get("reward")))
-    parts = [f"{name} {fmt(_number(v))}" for name, v in (sample.get("rewards") or {}).items()]
+    rewards = sample.get("rewards") if isinstance(sample.get("rewards"), dict) else {}
+    parts = [f"{name} {fmt(_number(v))}" for name, v in rewards.items()]
     return f"{total} ({', '.join(parts)})" if parts else total
 
 

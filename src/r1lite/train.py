@@ -114,7 +114,7 @@ def train(config: RunConfig) -> Path:
     trainer = R1Trainer(
         model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=peft_config, samples_path=out / "samples.jsonl", sample_every=config.run.sample_every,
-        golds={row_question(p): a for p, a in zip(dataset["prompt"], dataset["answer"])},
+        golds={row_question(p): a for p, a in zip(dataset["prompt"], dataset["answer"], strict=True)},
     )
     callbacks.install(trainer, out, reward_funcs, config.run.zero_std_patience, resumed_step=_step_of(checkpoint))
     trainer.train(resume_from_checkpoint=checkpoint)

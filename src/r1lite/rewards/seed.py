@@ -22,7 +22,8 @@ def extract_xml_answer(text: str) -> str:
 def correctness_reward(prompts, completions, answer, **kwargs) -> list[float]:
     """2.0 when the extracted answer equals the gold string exactly."""
     extracted = [extract_xml_answer(t) for t in completion_texts(completions)]
-    return [2.0 if pred == gold else 0.0 for pred, gold in zip(extracted, answer)]
+    # As in the recipe, a gold column of the wrong length is silently truncated.
+    return [2.0 if pred == gold else 0.0 for pred, gold in zip(extracted, answer, strict=False)]
 
 
 def int_reward(prompts, completions, **kwargs) -> list[float]:
