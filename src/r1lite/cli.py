@@ -12,6 +12,7 @@ COMMANDS = {
     "train": "GRPO-train a LoRA adapter from a YAML recipe (--config) plus overrides",
     "sft": "supervised warm-up on worked solutions in the target format (a cold start for train)",
     "chat": "ask one question with and without an adapter (the recipe's probe)",
+    "rewards": "rewards check: sample groups from a model and show which rewards carry a learning signal",
     "report": "write plots and report.md/report.html for a run directory",
 }
 
@@ -82,7 +83,46 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"train": cmd_train, "sft": cmd_sft, "chat": cmd_chat, "report": cmd_report}
+def cmd_rewards(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="r1lite rewards", description=COMMANDS["rewards"])
+    sub = parser.add_subparsers(dest="action", required=True)
+    check = sub.add_parser("check", help="score sampled groups with every reward of both sets")
+    check.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    check.add_argument("--adapter", default=None, help="LoRA adapter to check instead of the bare model")
+    check.add_argument("--dataset", default="openai/gsm8k")
+    check.add_argument("--split", default="train")
+    check.add_argument("--n", type=int, default=4, help="prompts to sample (each gets a group)")
+    check.add_argument("--num_generations", type=int, default=8, help="completions per prompt (a GRPO group)")
+    check.add_argument("--max_new_tokens", type=int, default=200)
+    check.add_argument("--temperature", type=float, default=1.0)
+    check.add_argument("--few_shot", type=int, default=0, help="worked examples in the prompt, as in training")
+    check.add_argument("--rewards", nargs="*", default=[], help="extra user rewards (pkg.module:func)")
+    check.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    check.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.n <= 0 or args.num_generations <= 1:
+        raise CliError("--n must be positive and --num_generations at least 2 (a group needs two completions)")
+
+    from r1lite.data import load_prepared
+    from r1lite.diagnostics import check_all, format_table
+    from r1lite.generate import sample_groups
+    from r1lite.models import attach_adapter, load_model
+    from r1lite.rewards import import_reward
+
+    model, tokenizer = load_model(args.model, args.precision)
+    if args.adapter:
+        model = attach_adapter(model, args.adapter)
+    data = load_prepared(args.dataset, args.split, few_shot=args.few_shot, limit=args.n, seed=args.seed)
+    groups = sample_groups(model, tokenizer, data["prompt"], args.num_generations, args.temperature,
+                           args.max_new_tokens, args.seed)
+    extra = {path: import_reward(path) for path in args.rewards}
+    print(f"\n{len(groups)} prompts x {args.num_generations} completions from {args.model}"
+          f"{' + ' + args.adapter if args.adapter else ''} on {args.dataset} [{args.split}]\n")
+    print(format_table(check_all(data["prompt"], groups, data["answer"], extra)))
+    return 0
+
+
+HANDLERS = {"train": cmd_train, "sft": cmd_sft, "chat": cmd_chat, "report": cmd_report, "rewards": cmd_rewards}
 
 
 def _usage() -> str:

@@ -38,3 +38,31 @@ def chat(
             pad_token_id=tokenizer.pad_token_id,
         )
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def sample_groups(
+    model, tokenizer, prompts: list[list[dict]], num_generations: int, temperature: float = 1.0,
+    max_new_tokens: int = 200, seed: int = 0,
+) -> list[list[str]]:
+    """`num_generations` sampled replies per conversational prompt, one prompt per generate call.
+
+    One prompt at a time keeps the group together and needs no padding; diagnostics sample only
+    a handful of prompts, so batching across prompts would save little here.
+    """
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    groups = []
+    model.eval()
+    for prompt in tqdm(prompts, desc="sampling groups", unit="prompt"):
+        inputs = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(model.device)
+        with torch.inference_mode():
+            output = model.generate(
+                **inputs, do_sample=True, temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens,
+                num_return_sequences=num_generations, pad_token_id=tokenizer.pad_token_id,
+            )
+        start = inputs["input_ids"].shape[1]
+        groups.append([tokenizer.decode(seq[start:], skip_special_tokens=True) for seq in output])
+    return groups
