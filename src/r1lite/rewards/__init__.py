@@ -56,6 +56,32 @@ def resolve_rewards(reward_set: str = "default", names: list[str] | None = None)
     return funcs
 
 
+def _row(kwargs: dict, i: int, n: int) -> dict:
+    """The keyword arguments of completion i: per-completion columns sliced, the rest (callbacks, state) kept."""
+    return {k: v[i : i + 1] if isinstance(v, list) and len(v) == n else v for k, v in kwargs.items()}
+
+
+def _score_one_by_one(func, name: str, on_error: str, prompts, completions, kwargs) -> tuple[list, int]:
+    """Re-score a failed batch completion by completion, to name the culprit or to score it None."""
+    scores: list[float | None] = []
+    errors = 0
+    n = len(completions)
+    for i in range(n):
+        try:
+            scores.extend(func(prompts=prompts[i : i + 1], completions=completions[i : i + 1], **_row(kwargs, i, n)))
+        except Exception as exc:
+            if on_error == "raise":
+                text = completion_text(completions[i])
+                raise RewardError(
+                    f"reward function '{name}' raised {type(exc).__name__}: {exc} on completion {i}: "
+                    f"{text[:200]!r}{'...' if len(text) > 200 else ''}\n"
+                    "Fix the function, or set on_reward_error: none to score such completions None."
+                ) from exc
+            scores.append(None)
+            errors += 1
+    return scores, errors
+
+
 def guarded(func: RewardFunc, on_error: str = "raise") -> RewardFunc:
     """Wrap a reward so a failure names itself and the completion (or scores None and is counted).
 
@@ -67,25 +93,9 @@ def guarded(func: RewardFunc, on_error: str = "raise") -> RewardFunc:
     def wrapper(prompts, completions, **kwargs):
         try:
             return list(func(prompts=prompts, completions=completions, **kwargs))
-        except Exception as batch_exc:  # find the completion it fails on, for a useful message
-            scores: list[float | None] = []
-            errors = 0
-            for i in range(len(completions)):
-                one = {k: v[i : i + 1] if isinstance(v, list) and len(v) == len(completions) else v
-                       for k, v in kwargs.items()}
-                try:
-                    scores.extend(func(prompts=prompts[i : i + 1], completions=completions[i : i + 1], **one))
-                except Exception as exc:
-                    if on_error == "raise":
-                        text = completion_text(completions[i])
-                        raise RewardError(
-                            f"reward function '{name}' raised {type(exc).__name__}: {exc} on completion "
-                            f"{i}: {text[:200]!r}{'...' if len(text) > 200 else ''}\n"
-                            "Fix the function, or set on_reward_error: none to score such completions None."
-                        ) from exc
-                    scores.append(None)
-                    errors += 1
-            if errors == 0:  # it only fails on whole batches: report the batch error
+        except Exception as batch_exc:
+            scores, errors = _score_one_by_one(func, name, on_error, prompts, completions, kwargs)
+            if errors == 0:  # it fails only on whole batches: report the batch error itself
                 raise RewardError(f"reward function '{name}' raised {type(batch_exc).__name__}: {batch_exc}") \
                     from batch_exc
             if "log_metric" in kwargs:
