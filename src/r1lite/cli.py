@@ -13,6 +13,7 @@ COMMANDS = {
     "sft": "supervised warm-up on worked solutions in the target format (a cold start for train)",
     "chat": "ask one question with and without an adapter (the recipe's probe)",
     "rewards": "rewards check: sample groups from a model and show which rewards carry a learning signal",
+    "eval": "accuracy and format rates on GSM8K-style questions (--baseline: with vs without the adapter)",
     "report": "write plots and report.md/report.html for a run directory",
 }
 
@@ -70,6 +71,13 @@ def cmd_chat(argv: list[str]) -> int:
     return 0
 
 
+def cmd_eval(argv: list[str]) -> int:
+    from r1lite.evaluate import eval_command
+
+    print(eval_command(argv))
+    return 0
+
+
 def cmd_report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="r1lite report", description=COMMANDS["report"])
     parser.add_argument("run_dir", help="a training run's output directory (holds metrics.jsonl)")
@@ -122,7 +130,8 @@ def cmd_rewards(argv: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"train": cmd_train, "sft": cmd_sft, "chat": cmd_chat, "report": cmd_report, "rewards": cmd_rewards}
+HANDLERS = {"train": cmd_train, "sft": cmd_sft, "chat": cmd_chat, "report": cmd_report, "rewards": cmd_rewards,
+            "eval": cmd_eval}
 
 
 def _usage() -> str:
@@ -147,12 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     from r1lite.config import ConfigError
     from r1lite.data import DataError
+    from r1lite.evaluate import EvalError
     from r1lite.models import ModelError
     from r1lite.report import ReportError
     from r1lite.rewards import RewardError
 
     try:
         return HANDLERS[command](rest)
-    except (ConfigError, DataError, ModelError, RewardError, ReportError, CliError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ModelError, RewardError, ReportError, EvalError, CliError,
+            FileNotFoundError) as exc:
         print(f"r1lite {command}: error: {exc}", file=sys.stderr)
         return 2

@@ -107,8 +107,12 @@ def format_table(stats: dict[str, RewardStats]) -> str:
     for name, s in stats.items():
         signal = "NONE" if s.constant else "yes"
         lines.append(f"{name:<26}{s.mean:>8.3f}{s.std:>8.3f}{s.zero_std_groups:>17.0%}{s.at_max:>8.0%}  {signal}")
-    causes = {name: likely_cause(name, s, stats) for name, s in stats.items()}
-    notes = [f"- {name}: {cause}" for name, cause in causes.items() if cause]
+    by_cause: dict[str, list[str]] = {}
+    for name, s in stats.items():
+        cause = likely_cause(name, s, stats)
+        if cause:
+            by_cause.setdefault(cause, []).append(name)
+    notes = [f"- {', '.join(names)}: {cause}" for cause, names in by_cause.items()]
     if notes:
         lines += ["", "Rewards with no learning signal (constant within every group), and the likely cause:", *notes]
     return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""Where a GRPO step's time goes, and the fast path r1lite takes on a CPU.
+
+Two mixins for a ``GRPOTrainer`` subclass and one function for its settings:
+
+- ``TimedGRPOMixin`` logs ``time/generation``, ``time/rewards``, ``time/logprobs`` (the no-grad
+  old/reference log-prob passes), ``time/backward`` (the loss forward plus backward),
+  ``time/optimizer`` (clipping, optimizer and scheduler step) and ``time/step`` (the whole step),
+  in seconds per optimizer step, beside TRL's metrics.
+- ``MergedGenerationMixin`` samples from a copy of the model with the LoRA adapter merged into its
+  weights, refreshed after each optimizer step. Unmerged, every projection runs two more small
+  matmuls per generated token; on a CPU that overhead dominates decoding.
+- ``cpu_fast_defaults`` turns off settings that cost time on a CPU and buy nothing there.
+
+docs/speed.md has the measured figures behind each choice.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("generation", "rewards", "logprobs", "backward", "optimizer", "step")
+
+
+@dataclass
+class SpeedArgs:
+    cpu_fast_path: bool = field(
+        default=True,
+        metadata={"help": "On a CPU: generate with the LoRA adapter merged into a copy of the weights and turn off "
+                  "gradient checkpointing (unless set). Same samples, 3x+ faster steps (docs/speed.md)."},
+    )
+
+
+# Settings the fast path changes, each with the value it picks. Gradient checkpointing trades an extra
+# forward pass for activation memory; a small model on a CPU has memory to spare and no time to spare.
+CPU_FAST_SETTINGS: dict[str, Any] = {"gradient_checkpointing": False}
+
+
+def cpu_fast_defaults(grpo: dict[str, Any], explicit: Collection[str] | None = None) -> dict[str, Any]:
+    """GRPOConfig keyword arguments with the CPU fast settings, keeping every value the user chose.
+
+    A value counts as chosen when its key is in `explicit` (the keys given in the recipe or on the command
+    line). Without that set, a value that differs from GRPOConfig's own default counts as chosen: setting a
+    key to exactly TRL's default is then indistinguishable from leaving it out, and the fast value wins.
+    """
+    from r1lite.config import GRPO_DEFAULTS, _grpo_field_defaults  # config imports this module's SpeedArgs
+
+    grpo = dict(grpo)
+    defaults = {**_grpo_field_defaults(), **GRPO_DEFAULTS}
+    for key, fast in CPU_FAST_SETTINGS.items():
+        chosen = key in explicit if explicit is not None else grpo.get(key, defaults.get(key)) != defaults.get(key)
+        if not chosen:
+            grpo[key] = fast
+    return grpo
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+class _PhaseClock:
+    """Seconds per phase, summed over the micro-steps of one optimizer step."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.step_start = time.perf_counter()
+        self.last_backward_end: float | None = None
+
+    @contextmanager
+    def measure(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+    def restart(self) -> None:
+        self.seconds.clear()
+        self.step_start = time.perf_counter()
+        self.last_backward_end = None
+
+    def finish(self) -> dict[str, float]:
+        now = time.perf_counter()
+        if self.last_backward_end is not None:  # what follows the last backward: clip, optimizer, scheduler
+            self.seconds["optimizer"] += now - self.last_backward_end
+        self.seconds["step"] = now - self.step_start
+        return {f"time/{phase}": self.seconds.get(phase, 0.0) for phase in PHASES}
+
+
+class _FlushPhaseTimes(TrainerCallback):
+    """Hands each step's phase times to the trainer's metrics just before the step is logged."""
+
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.trainer._phase_clock.restart()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # GRPOTrainer.log averages each list in _metrics over the logged steps: seconds per step.
+        for key, seconds in self.trainer._phase_clock.finish().items():
+            self.trainer._metrics["train"][key].append(seconds)
+
+
+class TimedGRPOMixin:
+    """Put before GRPOTrainer in the bases: logs time/<phase> seconds per optimizer step.
+
+    It wraps TRL's own hooks: ``_generate_single_turn`` (sampling), ``_calculate_rewards``,
+    ``_get_per_token_logps_and_entropies`` (counted as ``logprobs`` when called without gradients, i.e. the
+    old/reference passes; with gradients it is the loss forward, part of ``backward``) and ``training_step``
+    (whose time minus the rollout in ``_prepare_inputs`` is the loss forward and backward).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._phase_clock = _PhaseClock()
+        self.add_callback(_FlushPhaseTimes(self))
+
+    def _generate_single_turn(self, *args, **kwargs):
+        with self._phase_clock.measure("generation"):
+            return super()._generate_single_turn(*args, **kwargs)
+
+    def _calculate_rewards(self, *args, **kwargs):
+        with self._phase_clock.measure("rewards"):
+            return super()._calculate_rewards(*args, **kwargs)
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        if torch.is_grad_enabled():
+            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        with self._phase_clock.measure("logprobs"):
+            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+
+    def _prepare_inputs(self, *args, **kwargs):
+        with self._phase_clock.measure("rollout"):
+            return super()._prepare_inputs(*args, **kwargs)
+
+    def training_step(self, *args, **kwargs):
+        start, rollout_before = time.perf_counter(), self._phase_clock.seconds["rollout"]
+        try:
+            return super().training_step(*args, **kwargs)
+        finally:
+            clock = self._phase_clock
+            clock.last_backward_end = time.perf_counter()
+            clock.seconds["backward"] += clock.last_backward_end - start - (clock.seconds["rollout"] - rollout_before)
+
+
+# ----------------------------------------------------------------------------------------------- generation
+
+
+def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module] | None:
+    """The LoRA-wrapped linear layers of a PEFT model by their name in the base model, or None when the
+    adapter cannot be merged into plain weights (not a PEFT LoRA model, DoRA, or non-Linear targets)."""
+    from peft import PeftModel
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(model, PeftModel):
+        return None
+    layers = {}
+    for name, module in model.get_base_model().named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if type(module) is not LoraLinear or any(module.use_dora.get(a) for a in module.active_adapters):
+            return None
+        layers[name] = module
+    return layers or None
+
+
+def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain copy of a PEFT model's base model with room for merged weights (filled by `sync_merged`)."""
+    with torch.no_grad():
+        copy_ = copy.deepcopy(model).merge_and_unload()
+    copy_.requires_grad_(False)
+    copy_.eval()
+    if getattr(copy_, "is_gradient_checkpointing", False):
+        copy_.gradient_checkpointing_disable()
+    return copy_
+
+
+@torch.no_grad()
+def sync_merged(target: torch.nn.Module, layers: dict[str, torch.nn.Module]) -> None:
+    """target.<name>.weight = base weight + LoRA delta of every active adapter, summed in fp32 and rounded
+    once. Merging into the training weights and unmerging afterwards would round twice per step, and in
+    bf16 that drift adds up over a run."""
+    for name, layer in layers.items():
+        merged = layer.base_layer.weight.float()
+        if not layer.disable_adapters:
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    merged = merged + layer.get_delta_weight(adapter).float()
+        weight = target.get_submodule(name).weight
+        weight.copy_(merged.to(weight.dtype))
+
+
+class MergedGenerationMixin:
+    """Put before GRPOTrainer in the bases: sample completions from a merged copy of the LoRA model.
+
+    Pass ``merged_generation=True`` to enable. The copy costs one more model's worth of memory; it is
+    refreshed (one small matmul per adapted layer) the first time each optimizer step generates. Full
+    fine-tuning, DoRA and vLLM generation are left as TRL does them.
+    """
+
+    def __init__(self, *args, merged_generation: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._merge_layers = lora_layers(self.accelerator.unwrap_model(self.model)) if merged_generation else None
+        if merged_generation and self._merge_layers is None:
+            logger.warning("merged generation needs a LoRA adapter on linear layers; generating unmerged")
+        self._merged_model: torch.nn.Module | None = None
+        self._merged_at_step = -1
+
+    def _generate_single_turn(self, *args, **kwargs):
+        if self._merge_layers is None or self.use_vllm:
+            return super()._generate_single_turn(*args, **kwargs)
+        if self._merged_model is None:
+            self._merged_model = merged_copy(self.accelerator.unwrap_model(self.model))
+        if self._merged_at_step != self.state.global_step:
+            sync_merged(self._merged_model, self._merge_layers)
+            self._merged_at_step = self.state.global_step
+        # TRL samples from `self.model_wrapped`; point it at the merged copy for this call only.
+        training_model = self.model_wrapped
+        self.model_wrapped = self._merged_model
+        try:
+            return super()._generate_single_turn(*args, **kwargs)
+        finally:
+            self.model_wrapped = training_model

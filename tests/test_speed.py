@@ -1,0 +1,157 @@
+"""The CPU fast path: merged generation samples from the same model, settings respect the user, and every
+GRPO step logs where its time went."""
+
+import json
+
+import pytest
+import torch
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM
+from trl import GRPOConfig, GRPOTrainer
+
+from r1lite.data import prepare
+from r1lite.models import lora_config
+from r1lite.speed import (
+    PHASES,
+    MergedGenerationMixin,
+    TimedGRPOMixin,
+    cpu_fast_defaults,
+    lora_layers,
+    merged_copy,
+    sync_merged,
+)
+from tests.helpers import length_reward
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+# ----------------------------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("grpo", "explicit", "expected"),
+    [
+        ({"gradient_checkpointing": True}, None, False),  # TRL's default: not a choice, the fast value wins
+        ({"gradient_checkpointing": True}, {"gradient_checkpointing"}, True),  # set in the recipe: kept
+        ({"gradient_checkpointing": True}, set(), False),
+        ({}, None, False),
+    ],
+)
+def test_cpu_fast_defaults_respect_explicit_values(grpo, explicit, expected):
+    out = cpu_fast_defaults({**grpo, "learning_rate": 1e-5}, explicit)
+    assert out["gradient_checkpointing"] is expected
+    assert out["learning_rate"] == 1e-5
+
+
+def test_cpu_fast_defaults_does_not_mutate_its_input():
+    grpo = {"gradient_checkpointing": True}
+    cpu_fast_defaults(grpo)
+    assert grpo == {"gradient_checkpointing": True}
+
+
+# ----------------------------------------------------------------------------------------------- merging
+
+
+@pytest.fixture()
+def lora_model(tiny_model_dir):
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_config(4, 8, 0.0, TARGETS))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # a fresh adapter is a no-op; give it an effect to merge
+                param.normal_(std=0.05)
+    return model
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_merged_copy_computes_what_the_adapter_computes(lora_model):
+    ids = torch.randint(0, 1000, (2, 12))
+    base_before = {n: p.clone() for n, p in lora_model.named_parameters() if "lora" not in n}
+    layers = lora_layers(lora_model)
+    assert layers and len(layers) == 2 * len(TARGETS)  # 2 layers in the tiny llama
+    merged = merged_copy(lora_model)
+    sync_merged(merged, layers)
+    torch.testing.assert_close(_logits(merged, ids), _logits(lora_model, ids), atol=1e-5, rtol=1e-4)
+    # The training model keeps its own, unmerged weights.
+    assert all(torch.equal(p, base_before[n]) for n, p in lora_model.named_parameters() if "lora" not in n)
+    assert not any(layer.merged for layer in layers.values())
+
+
+def test_sync_follows_adapter_updates(lora_model):
+    ids = torch.randint(0, 1000, (2, 12))
+    layers = lora_layers(lora_model)
+    merged = merged_copy(lora_model)
+    with torch.no_grad():
+        for name, param in lora_model.named_parameters():
+            if "lora_A" in name:
+                param.mul_(2.0)  # an optimizer step's worth of change
+    assert not torch.allclose(_logits(merged, ids), _logits(lora_model, ids), atol=1e-4)
+    sync_merged(merged, layers)
+    torch.testing.assert_close(_logits(merged, ids), _logits(lora_model, ids), atol=1e-5, rtol=1e-4)
+
+
+def test_lora_layers_refuses_what_it_cannot_merge(tiny_model_dir):
+    assert lora_layers(AutoModelForCausalLM.from_pretrained(tiny_model_dir)) is None
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+class _TimedTrainer(TimedGRPOMixin, MergedGenerationMixin, GRPOTrainer):
+    pass
+
+
+@pytest.fixture(scope="module")
+def timed_run(tmp_path_factory, tiny_model_dir, gsm8k_rows):
+    dataset, _ = prepare(gsm8k_rows[:16])
+    args = GRPOConfig(
+        output_dir=str(tmp_path_factory.mktemp("timed")), use_cpu=True, bf16=False, max_steps=2,
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, learning_rate=1e-2,
+        beta=0.04, gradient_checkpointing=False, logging_steps=1, report_to="none", save_strategy="no", seed=0,
+    )
+    trainer = _TimedTrainer(
+        model=str(tiny_model_dir), reward_funcs=[length_reward], args=args, train_dataset=dataset,
+        peft_config=lora_config(4, 8, 0.0, TARGETS), merged_generation=True,
+    )
+    trainer.train()
+    return trainer
+
+
+def test_every_step_logs_its_phase_times(timed_run):
+    steps = [record for record in timed_run.state.log_history if "reward" in record]
+    assert len(steps) == 2
+    for record in steps:
+        times = {phase: record[f"time/{phase}"] for phase in PHASES}
+        assert all(seconds >= 0 for seconds in times.values()), times
+        # beta > 0: the reference pass runs, so every phase took some time.
+        assert all(times[p] > 0 for p in ("generation", "rewards", "logprobs", "backward", "optimizer")), times
+        parts = sum(times[p] for p in PHASES if p != "step")
+        assert parts <= times["step"] * 1.01, times
+
+
+def test_generation_used_the_merged_copy(timed_run):
+    assert timed_run._merged_model is not None
+    assert timed_run._merged_at_step == 1  # refreshed for the second step's rollout
+    assert timed_run.model_wrapped is not timed_run._merged_model  # restored after generating
+
+
+def test_train_logs_phase_times_to_metrics_jsonl(tmp_path, tiny_model_dir, gsm8k_dir):
+    from r1lite import train as train_module
+    from r1lite.config import parse_run_config
+
+    if not issubclass(train_module.R1Trainer, TimedGRPOMixin):
+        pytest.skip("R1Trainer does not inherit TimedGRPOMixin yet")
+    argv = [
+        "--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--output_dir", str(tmp_path),
+        "--max_train_samples", "8", "--max_steps", "1", "--precision", "fp32", "--per_device_train_batch_size", "4",
+        "--num_generations", "4", "--max_completion_length", "8", "--lora_r", "4", "--lora_alpha", "8",
+        "--rewards", "tests.helpers:length_reward", "--seed", "0",
+    ]
+    train_module.train(parse_run_config(argv))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    step = next(r for r in records if "reward" in r)
+    assert all(step[f"time/{phase}"] >= 0 for phase in PHASES)
