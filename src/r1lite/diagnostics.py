@@ -19,8 +19,8 @@ MAX_SCORES = {"xmlcount": 0.5, "soft_format": 0.5, "strict_format": 0.5, "int": 
 
 # Why a built-in reward is usually constant, and what to do about it.
 CAUSES = {
-    "format": "the model never writes the <reasoning>/<answer> tags: add few_shot: 1 or start from an SFT "
-              "warm-up (r1lite sft, then init_adapter)",
+    "format": "the model (almost) never writes the complete <reasoning>/<answer> layout: add few_shot: 1 or start "
+              "from an SFT warm-up (r1lite sft, then init_adapter)",
     "seed_format": "the recipe's regex has no re.DOTALL, so multi-line replies never match: use reward_set: default",
     "answer": "no completion has a tagged answer that is right: normal for a small model at the start; it "
               "needs the format first (see the format rewards)",

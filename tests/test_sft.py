@@ -1,0 +1,57 @@
+"""SFT warm-up data: prompts as in training, replies in the target format, the reply alone is learned."""
+
+import pytest
+
+from r1lite.data import DataError
+from r1lite.prompts import SYSTEM_PROMPT
+from r1lite.rewards.corrected import strict_format_reward
+from r1lite.sft import sft, sft_rows
+
+
+def test_rows_are_training_prompts_with_target_replies(gsm8k_rows):
+    rows = sft_rows(gsm8k_rows[:5])
+    assert len(rows) == 5
+    first = rows[0]
+    assert first["prompt"] == [{"role": "system", "content": SYSTEM_PROMPT},
+                               {"role": "user", "content": gsm8k_rows[0]["question"]}]
+    (reply,) = first["completion"]
+    assert reply["role"] == "assistant"
+    assert reply["content"] == (
+        "<reasoning>\nNatalia sold 48/2 = 24 clips in May.\n"
+        "Natalia sold 48+24 = 72 clips altogether in April and May.\n</reasoning>\n<answer>\n72\n</answer>\n"
+    )
+    # Every rendered reply is one the strict format reward pays for.
+    scores = strict_format_reward(prompts=None, completions=[r["completion"] for r in rows])
+    assert scores == [0.5] * 5
+
+
+def test_unusable_rows_are_dropped_and_none_left_is_an_error(gsm8k_rows):
+    rows = sft_rows(gsm8k_rows[:2] + [{"question": "q", "answer": "no marker"}, {"answer": "#### 1"}])
+    assert len(rows) == 2
+    with pytest.raises(DataError, match="no rows"):
+        sft_rows([{"question": "q", "answer": "no marker"}])
+
+
+def test_few_shot_examples_never_repeat_the_question(gsm8k_rows):
+    for row in sft_rows(gsm8k_rows[:6], few_shot=2, seed=1):
+        users = [m["content"] for m in row["prompt"] if m["role"] == "user"]
+        assert len(users) == 3 and users[-1] not in users[:-1]
+
+
+@pytest.mark.slow
+def test_sft_writes_an_adapter_that_train_can_start_from(tiny_model_dir, gsm8k_dir, tmp_path):
+    from r1lite.config import parse_run_config
+    from r1lite.train import train
+
+    adapter = sft(["--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"),
+                   "--max_train_samples", "8", "--max_steps", "2", "--per_device_train_batch_size", "4",
+                   "--lora_r", "4", "--precision", "fp32", "--output_dir", str(tmp_path / "sft"),
+                   "--gradient_checkpointing", "false"])
+    assert (adapter / "adapter_model.safetensors").is_file()
+    out = train(parse_run_config([
+        "--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--init_adapter", str(adapter),
+        "--max_train_samples", "8", "--max_steps", "1", "--per_device_train_batch_size", "4",
+        "--num_generations", "4", "--max_completion_length", "8", "--precision", "fp32",
+        "--output_dir", str(tmp_path / "grpo"), "--gradient_checkpointing", "false",
+    ]))
+    assert (out / "adapter_model.safetensors").is_file()
