@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Set everything up from nothing, then run the CPU demo: GRPO on the embedded model, offline.
+# Set everything up from nothing, then run the CPU demo on the embedded model, offline:
+#   1. supervised warm-up (cold start) -> runs/cpu-sft/adapter
+#   2. GRPO from it                     -> runs/cpu-demo/{metrics.jsonl,samples.jsonl,adapter/}
+#   3. before/after evaluation on 100 held-out GSM8K test questions -> runs/cpu-demo/eval.{json,md}
+#   4. training report                  -> runs/cpu-demo/report/report.{md,html}
 # GSM8K=path/to/gsm8k (a folder with train.jsonl and test.jsonl) uses a local copy instead of the hub.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-args=(--config recipes/cpu-demo.yaml)
+data=()
 if [ -n "${GSM8K:-}" ]; then
-    args+=(--dataset "$GSM8K")
+    data=(--dataset "$GSM8K")
 fi
-exec .venv/bin/r1lite train "${args[@]}" "$@"
+r1lite=.venv/bin/r1lite
+$r1lite sft --config recipes/cpu-sft.yaml "${data[@]}"
+$r1lite train --config recipes/cpu-demo.yaml "${data[@]}" "$@"
+$r1lite eval --adapter runs/cpu-demo/adapter --baseline --limit 100 --max_new_tokens 256 \
+    --output runs/cpu-demo/eval.json "${data[@]}"
+$r1lite report runs/cpu-demo

@@ -20,6 +20,12 @@ def test_recipes_exist():
 def test_every_recipe_parses_and_builds_a_trainer_config(recipe):
     first_line = recipe.read_text().splitlines()[0]
     assert first_line.startswith("# r1lite ") and str(recipe.name) in first_line  # the command that runs it
+    if first_line.startswith("# r1lite sft "):
+        from r1lite.sft import parse_sft_config
+
+        _, _, sft_args = parse_sft_config(["--config", str(recipe)], device="cpu")
+        assert sft_args.max_steps > 0 and sft_args.use_cpu
+        return
     config = parse_run_config(["--config", str(recipe)])
     args = build_grpo_config(config, device="cpu")
     assert args.num_generations >= 2

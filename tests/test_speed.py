@@ -13,7 +13,7 @@ from r1lite.data import prepare
 from r1lite.models import lora_config
 from r1lite.speed import (
     PHASES,
-    MergedGenerationMixin,
+    CPUFastPathMixin,
     TimedGRPOMixin,
     cpu_fast_defaults,
     lora_layers,
@@ -101,7 +101,7 @@ def test_lora_layers_refuses_what_it_cannot_merge(tiny_model_dir):
 # ----------------------------------------------------------------------------------------------- timing
 
 
-class _TimedTrainer(TimedGRPOMixin, MergedGenerationMixin, GRPOTrainer):
+class _TimedTrainer(TimedGRPOMixin, CPUFastPathMixin, GRPOTrainer):
     pass
 
 
@@ -115,7 +115,7 @@ def timed_run(tmp_path_factory, tiny_model_dir, gsm8k_rows):
     )
     trainer = _TimedTrainer(
         model=str(tiny_model_dir), reward_funcs=[length_reward], args=args, train_dataset=dataset,
-        peft_config=lora_config(4, 8, 0.0, TARGETS), merged_generation=True,
+        peft_config=lora_config(4, 8, 0.0, TARGETS), cpu_fast_path=True,
     )
     trainer.train()
     return trainer
@@ -155,3 +155,29 @@ def test_train_logs_phase_times_to_metrics_jsonl(tmp_path, tiny_model_dir, gsm8k
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in records if "reward" in r)
     assert all(step[f"time/{phase}"] >= 0 for phase in PHASES)
+
+
+def test_small_lm_head_tiles_compute_the_same_log_probs_and_gradients(tiny_model_dir):
+    import trl.kernels.chunked_logprob as kernel
+    from trl.trainer.utils import add_fused_lm_head
+
+    from r1lite.speed import lm_head_tiles
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    ids = torch.randint(0, 1000, (2, 40))
+    labels = ids.clone()
+    labels[:, :10] = -100  # prompt positions are not scored
+
+    def run():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        (out.log_probs.sum() + out.entropy.sum()).backward()
+        return [out.log_probs.detach(), out.entropy.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    default = run()
+    with lm_head_tiles(16, 1000):  # many tiles along both axes
+        small = run()
+    assert kernel.TOKEN_CHUNK_SIZE == 4096  # restored
+    for a, b in zip(default, small, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -24,7 +24,8 @@ def _argv(model_dir, gsm8k_dir, out, *extra):
 def run_dir(tmp_path_factory, tiny_model_dir, gsm8k_dir):
     out = tmp_path_factory.mktemp("run")
     # Scores that differ within every group, so advantages (and gradients) are non-zero on a random model.
-    train(parse_run_config(_argv(tiny_model_dir, gsm8k_dir, out, "--rewards", "tests.helpers:length_reward")))
+    train(parse_run_config(_argv(tiny_model_dir, gsm8k_dir, out, "--rewards", "tests.helpers:length_reward",
+                                 "--eval_every", "1", "--eval_limit", "2", "--eval_max_new_tokens", "4")))
     return out
 
 
@@ -52,6 +53,9 @@ def test_run_directory_contents(run_dir):
     for key in ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length",
                 "rewards/length_reward/mean", "learning_rate"):
         assert key in steps[0], key
+    evals = [r for r in records if "eval/accuracy_strict" in r]
+    assert [r["step"] for r in evals] == [1, 2]  # every step, as eval_every says
+    assert {"eval/format_strict", "eval/accuracy_lenient", "eval/n"} <= set(evals[0])
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert samples and {"step", "question", "gold", "completion", "rewards", "reward"} <= set(samples[0])
     assert (run_dir / "checkpoint-2").is_dir()

@@ -113,7 +113,7 @@ def cmd_rewards(argv: list[str]) -> int:
 
     from r1lite.data import load_prepared
     from r1lite.diagnostics import check_all, format_table
-    from r1lite.generate import sample_groups
+    from r1lite.evaluate import generate_replies
     from r1lite.models import attach_adapter, load_model
     from r1lite.rewards import import_reward
 
@@ -121,8 +121,11 @@ def cmd_rewards(argv: list[str]) -> int:
     if args.adapter:
         model = attach_adapter(model, args.adapter)
     data = load_prepared(args.dataset, args.split, few_shot=args.few_shot, limit=args.n, seed=args.seed)
-    groups = sample_groups(model, tokenizer, data["prompt"], args.num_generations, args.temperature,
-                           args.max_new_tokens, args.seed)
+    # One prompt's whole group per batch, sampled as GRPO does (temperature, no top-p cut).
+    replies = generate_replies(model, tokenizer, data["prompt"], num_samples=args.num_generations,
+                               temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                               batch_size=args.num_generations, seed=args.seed)
+    groups = [[reply.text for reply in group] for group in replies]
     extra = {path: import_reward(path) for path in args.rewards}
     print(f"\n{len(groups)} prompts x {args.num_generations} completions from {args.model}"
           f"{' + ' + args.adapter if args.adapter else ''} on {args.dataset} [{args.split}]\n")

@@ -99,6 +99,19 @@ class RunArgs:
     sample_every: int = field(
         default=10, metadata={"help": "Write a few prompt/completion/reward samples to samples.jsonl every N steps."}
     )
+    cpu_fast_path: bool = field(
+        default=True,
+        metadata={"help": "On a CPU: sample from a copy with the LoRA adapter merged in, CPU-sized LM-head tiles, "
+                  "no gradient checkpointing unless set. Same samples, faster steps (docs/speed.md)."},
+    )
+    eval_every: int = field(
+        default=0,
+        metadata={"help": "Evaluate on held-out questions every N steps (and at the end), logged as eval/<metric>; "
+                  "0 = off."},
+    )
+    eval_split: str = field(default="test", metadata={"help": "Split the held-out questions come from."})
+    eval_limit: int = field(default=50, metadata={"help": "How many held-out questions each evaluation uses."})
+    eval_max_new_tokens: int = field(default=256, metadata={"help": "Greedy reply length during evaluation."})
     zero_std_patience: int = field(
         default=5,
         metadata={"help": "Warn when frac_reward_zero_std stays >= 0.9 for this many logged steps in a row."},
@@ -258,5 +271,7 @@ def validate(config: RunConfig) -> None:
             f"per_device_train_batch_size x gradient_accumulation_steps ({per_step}) must be divisible by "
             f"num_generations ({g['num_generations']}): each prompt's group of completions must fit in one batch"
         )
+    if config.run.eval_every < 0 or config.run.eval_limit <= 0:
+        raise ConfigError("eval_every must be >= 0 and eval_limit positive")
     if m.init_adapter and not m.use_lora:
         raise ConfigError("init_adapter needs use_lora: true (it is a LoRA adapter)")

@@ -50,13 +50,19 @@ def sft_rows(rows: list[dict], system_prompt: str | None = SYSTEM_PROMPT, few_sh
     return out
 
 
-def sft(argv: list[str]) -> Path:
+def parse_sft_config(argv: list[str], device: str | None = None) -> tuple[ModelArgs, DataArgs, SFTConfig]:
+    """A recipe plus flags -> the model and data sections and TRL's SFTConfig for this device."""
     (model_args, data_args), kwargs = parse_sections(argv, "r1lite sft", (ModelArgs, DataArgs), SFTConfig,
                                                      SFT_DEFAULTS)
-    device = default_device()
+    device = device or default_device()
     dtype = str(resolve_dtype(model_args.precision, device)).removeprefix("torch.")
     kwargs.update(bf16=dtype == "bfloat16", fp16=dtype == "float16", use_cpu=device == "cpu")
-    args = SFTConfig(**kwargs)
+    return model_args, data_args, SFTConfig(**kwargs)
+
+
+def sft(argv: list[str]) -> Path:
+    model_args, data_args, args = parse_sft_config(argv)
+    device = default_device()
     out = Path(args.output_dir)
 
     model, tokenizer = load_model(model_args.model, model_args.precision, model_args.load_in_4bit, device)

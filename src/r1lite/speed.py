@@ -6,7 +6,7 @@ Two mixins for a ``GRPOTrainer`` subclass and one function for its settings:
   old/reference log-prob passes), ``time/backward`` (the loss forward plus backward),
   ``time/optimizer`` (clipping, optimizer and scheduler step) and ``time/step`` (the whole step),
   in seconds per optimizer step, beside TRL's metrics.
-- ``MergedGenerationMixin`` samples from a copy of the model with the LoRA adapter merged into its
+- ``CPUFastPathMixin`` samples from a copy of the model with the LoRA adapter merged into its
   weights, refreshed after each optimizer step. Unmerged, every projection runs two more small
   matmuls per generated token; on a CPU that overhead dominates decoding.
 - ``cpu_fast_defaults`` turns off settings that cost time on a CPU and buy nothing there.
@@ -202,21 +202,55 @@ def sync_merged(target: torch.nn.Module, layers: dict[str, torch.nn.Module]) -> 
         weight.copy_(merged.to(weight.dtype))
 
 
-class MergedGenerationMixin:
-    """Put before GRPOTrainer in the bases: sample completions from a merged copy of the LoRA model.
+# TRL's fused LM head folds [tokens x vocabulary] tiles of logits in fp32 through plain torch ops wherever it has
+# no Triton kernel, i.e. on every CPU. Its GPU-sized tiles (4096 tokens x 32768 words) hold a whole 8 x 280-token
+# GRPO batch at once: about 1 GB of temporaries per pass. Smaller tiles do the same arithmetic in ~1/16 the memory.
+CPU_LM_HEAD_TILE = (1024, 8192)
 
-    Pass ``merged_generation=True`` to enable. The copy costs one more model's worth of memory; it is
-    refreshed (one small matmul per adapted layer) the first time each optimizer step generates. Full
-    fine-tuning, DoRA and vLLM generation are left as TRL does them.
+
+@contextmanager
+def lm_head_tiles(tokens: int, words: int) -> Iterator[None]:
+    """Run TRL's fused LM head (forward and backward) with [tokens x words] tiles inside this block."""
+    import trl.kernels.chunked_logprob as kernel
+    import trl.trainer.utils as trl_utils
+
+    saved = kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE
+    kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = tokens, words
+    try:
+        yield
+    finally:
+        kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = saved
+
+
+class CPUFastPathMixin:
+    """Put before GRPOTrainer in the bases; ``cpu_fast_path=True`` turns on what makes a CPU step fast and small:
+
+    - completions are sampled from a copy of the model with the LoRA adapter merged into its weights,
+      refreshed the first time each optimizer step generates (one small matmul per adapted layer). The copy
+      costs one more model's worth of memory. Full fine-tuning, DoRA and vLLM generation are left to TRL;
+    - TRL's fused LM head runs with CPU-sized tiles (CPU_LM_HEAD_TILE).
     """
 
-    def __init__(self, *args, merged_generation: bool = False, **kwargs):
+    # The parts of the fast path, each measured on its own in docs/speed.md (a subclass may drop one).
+    fast_path_parts: tuple[str, ...] = ("merged_generation", "lm_head_tiles")
+
+    def __init__(self, *args, cpu_fast_path: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self._merge_layers = lora_layers(self.accelerator.unwrap_model(self.model)) if merged_generation else None
-        if merged_generation and self._merge_layers is None:
-            logger.warning("merged generation needs a LoRA adapter on linear layers; generating unmerged")
+        parts = self.fast_path_parts if cpu_fast_path else ()
+        self._small_lm_head_tiles = "lm_head_tiles" in parts
+        self._merge_layers = None
+        if "merged_generation" in parts:
+            self._merge_layers = lora_layers(self.accelerator.unwrap_model(self.model))
+            if self._merge_layers is None:
+                logger.info("no LoRA adapter on linear layers to merge: sampling from the training model")
         self._merged_model: torch.nn.Module | None = None
         self._merged_at_step = -1
+
+    def training_step(self, *args, **kwargs):
+        if not self._small_lm_head_tiles:
+            return super().training_step(*args, **kwargs)
+        with lm_head_tiles(*CPU_LM_HEAD_TILE):  # covers the reference pass, the loss forward and the backward
+            return super().training_step(*args, **kwargs)
 
     def _generate_single_turn(self, *args, **kwargs):
         if self._merge_layers is None or self.use_vllm:

@@ -23,13 +23,15 @@ from r1lite.models import ModelError, attach_adapter, default_device, load_model
 from r1lite.prompts import SYSTEM_PROMPT
 from r1lite.rewards import build_reward_funcs
 from r1lite.rewards.base import completion_text
+from r1lite.speed import CPUFastPathMixin, TimedGRPOMixin, cpu_fast_defaults
 
 logger = logging.getLogger(__name__)
 
 
-def adapt_to_device(grpo: dict[str, Any], precision: str, device: str) -> dict[str, Any]:
-    """GRPOConfig keyword arguments for this device: precision flags, and GPU-only settings replaced on CPU."""
-    grpo = dict(grpo)
+def adapt_to_device(grpo: dict[str, Any], precision: str, device: str, fast: bool = False) -> dict[str, Any]:
+    """GRPOConfig keyword arguments for this device: precision flags, GPU-only settings replaced on CPU,
+    and with `fast` the CPU fast-path settings where the recipe left them at TRL's default."""
+    grpo = cpu_fast_defaults(grpo) if fast and device == "cpu" else dict(grpo)
     dtype = str(resolve_dtype(precision, device)).removeprefix("torch.")
     grpo["bf16"], grpo["fp16"] = dtype == "bfloat16", dtype == "float16"
     if device == "cpu":
@@ -52,11 +54,13 @@ def preflight(args: GRPOConfig) -> None:
 
 
 def build_grpo_config(config: RunConfig, device: str | None = None) -> GRPOConfig:
-    return GRPOConfig(**adapt_to_device(config.grpo, config.model.precision, device or default_device()))
+    device = device or default_device()
+    return GRPOConfig(**adapt_to_device(config.grpo, config.model.precision, device, config.run.cpu_fast_path))
 
 
-class R1Trainer(GRPOTrainer):
-    """GRPOTrainer that also writes sample completions with their rewards to samples.jsonl."""
+class R1Trainer(TimedGRPOMixin, CPUFastPathMixin, GRPOTrainer):
+    """GRPOTrainer that logs time/<phase> per step, takes the CPU fast path when asked, and writes
+    sample completions with their rewards to samples.jsonl."""
 
     def __init__(self, *args, samples_path: Path, sample_every: int, golds: dict[str, str], **kwargs):
         super().__init__(*args, **kwargs)
@@ -114,15 +118,30 @@ def train(config: RunConfig) -> Path:
     trainer = R1Trainer(
         model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=peft_config, samples_path=out / "samples.jsonl", sample_every=config.run.sample_every,
+        cpu_fast_path=device == "cpu" and config.run.cpu_fast_path,
         golds={row_question(p): a for p, a in zip(dataset["prompt"], dataset["answer"], strict=True)},
     )
     callbacks.install(trainer, out, reward_funcs, config.run.zero_std_patience, resumed_step=_step_of(checkpoint))
+    if config.run.eval_every:
+        trainer.add_callback(_periodic_eval(config, tokenizer, trainer, args.seed))
     trainer.train(resume_from_checkpoint=checkpoint)
     adapter_dir = out / "adapter"
     trainer.save_model(str(adapter_dir))
     tokenizer.save_pretrained(adapter_dir)
     logger.info("Saved adapter to %s", adapter_dir)
     return adapter_dir
+
+
+def _periodic_eval(config: RunConfig, tokenizer, trainer, seed: int):
+    """Held-out evaluation during training, prompted exactly as the training rows."""
+    from r1lite.evaluate import PeriodicEval
+
+    d, r = config.data, config.run
+    held_out = load_prepared(
+        d.dataset, r.eval_split, d.system_prompt if d.system_prompt is not None else SYSTEM_PROMPT, d.few_shot,
+        r.eval_limit, tokenizer, d.max_prompt_length, seed,
+    )
+    return PeriodicEval(held_out, tokenizer, r.eval_every, trainer=trainer, max_new_tokens=r.eval_max_new_tokens)
 
 
 def row_question(prompt: list[dict]) -> str:

@@ -1,0 +1,268 @@
+"""Seconds per GRPO step: the recipe on plain TRL against r1lite's default CPU path, side by side.
+
+    python benchmarks/step_time.py                       # 1 warm-up + 5 measured steps of each (~10 min, 2 cores)
+    python benchmarks/step_time.py --steps 3 --output /tmp/step_time.json
+    python benchmarks/step_time.py --configs recipe recipe+bf16 recipe+bf16+merged    # one lever at a time
+
+Each configuration runs in its own subprocess, one after the other (never concurrently: they would share
+the cores), so peak resident memory is measured per configuration. Both see the same prompts in the same
+order (same data, same seed) and the same settings that shape the samples: 8 completions of at most 200
+tokens, temperature 1.0, LoRA r64/alpha64 on all seven projections, beta 0.04, loss_type grpo, the seed
+rewards and the recipe's system prompt.
+
+Configurations: ``r1lite`` is `r1lite train` itself (its defaults on this machine). ``recipe`` is the recipe
+on plain TRL: fp32, gradient checkpointing, TRL's generate with the adapter unmerged. ``recipe+<lever>+...``
+adds levers to it: bf16, merged (generate from a merged copy), no-gc, static-cache, paged (TRL's
+use_transformers_continuous_batching), 1-thread. The first configuration is the baseline of the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "step_time.json"
+MODEL = "embedded:smollm2-135m-instruct"
+SEED = 3407
+ROWS = 256  # enough distinct prompts for any benchmark length, cheap to prepare
+
+# The recipe's GRPO settings in today's TRL names (docs: seed-recipe.md). adamw_8bit needs CUDA; on a CPU
+# both configurations use adamw_torch (r1lite swaps it itself). Checkpoints are not part of a step.
+RECIPE_GRPO = {
+    "learning_rate": 5e-6, "adam_beta1": 0.9, "adam_beta2": 0.99, "weight_decay": 0.1, "warmup_steps": 0.1,
+    "lr_scheduler_type": "cosine", "optim": "adamw_torch", "logging_steps": 1, "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1, "num_generations": 8, "max_completion_length": 200, "max_grad_norm": 0.1,
+    "report_to": "none", "beta": 0.04, "loss_type": "grpo", "temperature": 1.0, "seed": SEED,
+    "save_strategy": "no",
+}
+LORA = {"r": 64, "alpha": 64, "dropout": 0.0,
+        "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+
+# What each lever changes in the plain-TRL run, applied on top of the recipe.
+LEVERS = {
+    "bf16": {"precision": "bf16"},
+    "merged": {"fast_path_parts": ("merged_generation",)},
+    "tiles": {"fast_path_parts": ("lm_head_tiles",)},
+    "no-gc": {"gradient_checkpointing": False},
+    "static-cache": {"cache_implementation": "static"},
+    "paged": {"use_transformers_continuous_batching": True},
+    "1-thread": {"threads": 1},
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=5, help="measured GRPO steps per configuration")
+    p.add_argument("--warmup", type=int, default=1, help="steps run first and left out of the figures")
+    p.add_argument("--configs", nargs="+", default=["recipe", "r1lite"], help="first one is the ratio's baseline")
+    p.add_argument("--dataset", type=Path, default=DEFAULT_DATA, help="folder with GSM8K train.jsonl")
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file for the figures")
+    p.add_argument("--reward_set", default="seed", help="seed (the recipe's rewards) or default (corrected)")
+    p.add_argument("--few_shot", type=int, default=0, help="worked examples in each prompt (0: the recipe)")
+    p.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one configuration, write its JSON
+    p.add_argument("--child_output", type=Path, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------- one configuration
+
+
+def _recipe_options(name: str) -> dict:
+    head, *levers = name.split("+")
+    if head != "recipe" or any(lever not in LEVERS for lever in levers):
+        raise SystemExit(f"unknown configuration {name!r}: r1lite, recipe or recipe+<{'|'.join(LEVERS)}>...")
+    options = {"precision": "fp32", "fast_path_parts": (), "gradient_checkpointing": True}
+    for lever in levers:
+        parts = options["fast_path_parts"] + LEVERS[lever].get("fast_path_parts", ())
+        options.update(LEVERS[lever], fast_path_parts=parts)
+    return options
+
+
+def run_recipe(name: str, args: argparse.Namespace, out_dir: Path) -> list[dict]:
+    """The recipe on plain TRL (plus any levers); returns the logged records, one per step."""
+    import torch
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1lite.data import load_prepared
+    from r1lite.models import load_model, lora_config
+    from r1lite.prompts import SYSTEM_PROMPT
+    from r1lite.rewards import build_reward_funcs
+    from r1lite.speed import CPUFastPathMixin, TimedGRPOMixin
+
+    options = _recipe_options(name)
+    if "threads" in options:
+        torch.set_num_threads(options.pop("threads"))
+    precision = options.pop("precision")
+
+    class Trainer(TimedGRPOMixin, CPUFastPathMixin, GRPOTrainer):
+        fast_path_parts = options.pop("fast_path_parts")
+
+    model, tokenizer = load_model(MODEL, precision, device="cpu")
+    dataset = load_prepared(str(args.dataset), "train", SYSTEM_PROMPT, args.few_shot, ROWS, tokenizer, 256, SEED)
+    config = GRPOConfig(
+        output_dir=str(out_dir), use_cpu=True, bf16=precision == "bf16", max_steps=args.warmup + args.steps,
+        **{**RECIPE_GRPO, **options},
+    )
+    trainer = Trainer(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+        reward_funcs=build_reward_funcs(args.reward_set, None, "raise"), cpu_fast_path=True,
+        peft_config=lora_config(LORA["r"], LORA["alpha"], LORA["dropout"], LORA["targets"]),
+    )
+    trainer.train()
+    return [record for record in trainer.state.log_history if "reward" in record]
+
+
+def run_r1lite(args: argparse.Namespace, out_dir: Path) -> list[dict]:
+    """`r1lite train` with the recipe's settings and everything else left to r1lite's defaults."""
+    from r1lite.config import parse_run_config
+    from r1lite.train import train
+
+    grpo = {k: v for k, v in RECIPE_GRPO.items() if k != "save_strategy"}
+    argv = ["--model", MODEL, "--dataset", str(args.dataset), "--output_dir", str(out_dir),
+            "--max_train_samples", str(ROWS), "--max_prompt_length", "256", "--reward_set", args.reward_set,
+            "--few_shot", str(args.few_shot), "--lora_r", str(LORA["r"]), "--lora_alpha", str(LORA["alpha"]),
+            "--lora_dropout", str(LORA["dropout"]), "--lora_target_modules", *LORA["targets"],
+            "--max_steps", str(args.warmup + args.steps), "--save_steps", "100000", "--sample_every", "0"]
+    for key, value in grpo.items():
+        argv += [f"--{key}", str(value)]
+    _wire_speed_if_missing()
+    train(parse_run_config(argv))
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [record for record in records if "reward" in record]
+
+
+def _wire_speed_if_missing() -> None:
+    """Until train.py inherits the speed mixins and applies cpu_fast_defaults, do both here, the way
+    docs/speed.md tells train.py to (so this benchmark measures the path r1lite will take)."""
+    from r1lite import train as train_module
+    from r1lite.speed import CPUFastPathMixin, TimedGRPOMixin, cpu_fast_defaults
+
+    if issubclass(train_module.R1Trainer, TimedGRPOMixin):
+        return
+    print("[step_time] train.py is not wired to r1lite.speed yet: wiring it for this run", file=sys.stderr)
+
+    class Wired(TimedGRPOMixin, CPUFastPathMixin, train_module.R1Trainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, cpu_fast_path=kw.pop("cpu_fast_path", True), **kw)
+
+    build = train_module.build_grpo_config
+
+    def build_fast(config, device=None):
+        config.grpo = cpu_fast_defaults(config.grpo)  # this run sets no gradient_checkpointing itself
+        return build(config, device)
+
+    train_module.R1Trainer, train_module.build_grpo_config = Wired, build_fast
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    load_before, cpu_before, wall_before = os.getloadavg()[0], time.process_time(), time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="step_time-") as tmp:
+        run = run_r1lite if args.child == "r1lite" else lambda a, d: run_recipe(args.child, a, d)
+        records = run(args, Path(tmp))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result = {
+        "config": args.child, "records": records, "peak_rss_mb": usage.ru_maxrss / 1024,
+        "threads": torch.get_num_threads(), "cpu_seconds": time.process_time() - cpu_before,
+        "wall_seconds": time.perf_counter() - wall_before, "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+    }
+    args.child_output.write_text(json.dumps(result))
+
+
+# ----------------------------------------------------------------------------------------------- side by side
+
+
+PHASE_KEYS = ("generation", "rewards", "logprobs", "backward", "optimizer")
+
+
+def summarise(result: dict, warmup: int) -> dict:
+    measured = result["records"][warmup:]
+    if not measured:
+        raise SystemExit(f"{result['config']}: no measured steps (only {len(result['records'])} logged)")
+    step = [r["time/step"] for r in measured]
+    tokens = [r["completions/mean_length"] * 8 for r in measured]  # 8 completions per step
+    return {
+        "config": result["config"],
+        "steps": len(measured),
+        "median_s_per_step": statistics.median(step),
+        "min_s_per_step": min(step),
+        "max_s_per_step": max(step),
+        "phases_median_s": {p: statistics.median(r[f"time/{p}"] for r in measured) for p in PHASE_KEYS},
+        "mean_completion_length": statistics.mean(r["completions/mean_length"] for r in measured),
+        "generated_tokens_per_s": sum(tokens) / sum(step),
+        "generation_tokens_per_s": sum(tokens) / sum(r["time/generation"] for r in measured),
+        "s_per_generated_token": sum(step) / sum(tokens),
+        "peak_rss_mb": result["peak_rss_mb"],
+        "reward_per_step": [r["reward"] for r in result["records"]],
+        "threads": result["threads"],
+        "load_avg_1min": [result["load_before"], result["load_after"]],
+    }
+
+
+def print_table(summaries: list[dict]) -> None:
+    rows = [("seconds/step (median)", "median_s_per_step", "{:.1f}"), ("  min..max", None, None)]
+    rows += [(f"  {p}", p, "{:.1f}") for p in PHASE_KEYS]
+    rows += [("mean completion length", "mean_completion_length", "{:.0f}"),
+             ("generated tokens/s (whole step)", "generated_tokens_per_s", "{:.1f}"),
+             ("tokens/s while generating", "generation_tokens_per_s", "{:.1f}"),
+             ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"), ("load average (before, after)", None, None)]
+    width = max(22, *(len(s["config"]) + 2 for s in summaries))
+    print(f"{'':34}" + "".join(f"{s['config']:>{width}}" for s in summaries))
+    for label, key, fmt in rows:
+        cells = []
+        for s in summaries:
+            if label.strip() == "min..max":
+                cells.append(f"{s['min_s_per_step']:.1f}..{s['max_s_per_step']:.1f}")
+            elif label.startswith("load"):
+                cells.append("{:.1f}, {:.1f}".format(*s["load_avg_1min"]))
+            else:
+                cells.append(fmt.format(s["phases_median_s"][key] if key in PHASE_KEYS else s[key]))
+        print(f"{label:34}" + "".join(f"{c:>{width}}" for c in cells))
+    base = summaries[0]
+    for s in summaries[1:]:
+        print(f"ratio {base['config']} / {s['config']}: {base['median_s_per_step'] / s['median_s_per_step']:.2f}x "
+              f"seconds per step, {base['s_per_generated_token'] / s['s_per_generated_token']:.2f}x "
+              "seconds per generated token")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+    summaries = []
+    for name in args.configs:
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            cmd = [sys.executable, __file__, "--child", name, "--child_output", out.name, "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--dataset", str(args.dataset), "--reward_set", args.reward_set,
+                   "--few_shot", str(args.few_shot)]
+            print(f"[step_time] {name}: {args.warmup} warm-up + {args.steps} measured steps", flush=True)
+            subprocess.run(cmd, check=True)
+            summaries.append(summarise(json.loads(Path(out.name).read_text()), args.warmup))
+    print_table(summaries)
+    base = summaries[0]
+    report = {
+        "settings": {"model": MODEL, "steps": args.steps, "warmup": args.warmup, "grpo": RECIPE_GRPO, "lora": LORA,
+                     "reward_set": args.reward_set, "few_shot": args.few_shot, "cpu_count": os.cpu_count()},
+        "configs": summaries,
+        "ratios": {s["config"]: {"s_per_step": base["median_s_per_step"] / s["median_s_per_step"],
+                                 "s_per_token": base["s_per_generated_token"] / s["s_per_generated_token"]}
+                   for s in summaries[1:]},
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"[step_time] figures written to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""`r1lite eval`: metrics on hand-written replies, batched generation, the command's files and errors."""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from r1lite.cli import main
+from r1lite.eval_metrics import majority_vote, pass_at_k, pass_ks, score_question, summarise, vote_key
+from r1lite.evaluate import EvalError, PeriodicEval, evaluate_model, generate_replies, metrics_table, run_name
+
+GOOD = "<reasoning>\nJanet sells 16 - 3 - 4 = 9 eggs.\nShe makes 9 * 2 = 18.\n</reasoning>\n<answer>\n18\n</answer>\n"
+UNTAGGED = "She makes $18 every day."
+INLINE = "<reasoning>She earns $1,000.</reasoning> <answer>$1,000</answer>"
+WRONG_TAG = "<answer>\n7\n</answer> because 18 is too many"
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"),
+    [(5, 2, 2, 0.7), (4, 0, 2, 0.0), (4, 4, 1, 1.0), (4, 1, 1, 0.25), (3, 1, 3, 1.0), (10, 3, 1, 0.3)],
+)
+def test_pass_at_k_known_cases(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("n", "c"), [(n, c) for n in range(1, 7) for c in range(n + 1)])
+def test_pass_at_k_equals_the_share_of_k_subsets_with_a_correct_reply(n, c):
+    replies = [True] * c + [False] * (n - c)
+    for k in range(1, n + 1):
+        subsets = list(combinations(replies, k))
+        assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    with pytest.raises(ValueError):
+        pass_at_k(2, 3, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
+
+
+@pytest.mark.parametrize(("n", "ks"), [(1, [1]), (2, [1, 2]), (6, [1, 2, 4, 6]), (8, [1, 2, 4, 8])])
+def test_pass_ks(n, ks):
+    assert pass_ks(n) == ks
+
+
+@pytest.mark.parametrize(
+    ("answers", "winner"),
+    [
+        (["5", "6", "5"], "5"),
+        (["5", "6"], "5"),  # a tie goes to the answer seen first
+        (["6", "5", "5", "6"], "6"),
+        ([None, None, "7"], "7"),  # a reply without an answer abstains
+        ([None, "", "  "], None),
+        (["$1,000", "1000.0", "999"], "$1,000"),  # same value, one vote each
+        (["Yes", " yes ", "no"], "Yes"),
+        ([], None),
+    ],
+)
+def test_majority_vote(answers, winner):
+    assert majority_vote(answers) == winner
+
+
+def test_vote_key_normalises_numbers_and_text():
+    assert vote_key("$1,000") == vote_key("1000") == vote_key("1000.00")
+    assert vote_key(" Two  Apples ") == vote_key("two apples")
+    assert vote_key(None) is None and vote_key(" ") is None
+
+
+def _record(gold: str, replies: list[str], tokens: int = 10) -> dict:
+    return score_question("q", gold, replies, [tokens] * len(replies), [False] * len(replies))
+
+
+def test_score_question_reads_each_reply_both_ways():
+    record = score_question("q", "18", [GOOD, UNTAGGED, WRONG_TAG], [30, 8, 12], [False, False, True])
+    assert record["tagged"] == ["18", None, "7"]
+    assert record["last_number"] == ["18", "18", "18"]
+    assert record["strict"] == [True, False, False]
+    assert record["lenient"] == [True, True, True]
+    assert record["format_strict"] == [True, False, False]
+    assert record["format_soft"] == [True, False, False]
+    assert record["vote_strict"] == "18" and record["vote_strict_correct"]  # '18' and '7' tie; '18' came first
+
+
+def test_summarise_one_reply_per_question():
+    records = [_record("18", [GOOD], 30), _record("18", [UNTAGGED], 8), _record("1000", [INLINE], 20),
+               _record("18", [WRONG_TAG], 10)]
+    assert summarise(records) == {
+        "n": 4, "num_samples": 1,
+        "accuracy_strict": 0.5,  # GOOD, and INLINE: '$1,000' equals '1000'
+        "accuracy_lenient": 1.0,  # WRONG_TAG's last number is the 18 outside its tag
+        "format_strict": 0.25, "format_soft": 0.5,  # INLINE is tagged but not one tag per line
+        "mean_completion_tokens": 17.0, "clipped_ratio": 0.0,
+    }
+
+
+def test_summarise_several_samples_adds_pass_at_k_and_majority():
+    records = [
+        _record("18", [GOOD, UNTAGGED, "<answer>3</answer>", "<answer>18</answer>"]),  # strict 2 of 4
+        _record("5", ["<answer>4</answer>", "<answer>4</answer>", "<answer>5</answer>", "no idea"]),  # 1 of 4
+    ]
+    metrics = summarise(records)
+    assert metrics["num_samples"] == 4
+    assert metrics["accuracy_strict"] == pytest.approx(3 / 8)
+    assert metrics["pass@1_strict"] == pytest.approx(3 / 8)
+    assert metrics["pass@2_strict"] == pytest.approx((pass_at_k(4, 2, 2) + pass_at_k(4, 1, 2)) / 2)
+    assert metrics["pass@4_strict"] == 1.0
+    assert metrics["maj@4_strict"] == 0.5  # '18' wins the first vote, '4' the second
+    assert set(metrics) >= {"pass@4_lenient", "maj@4_lenient"}
+
+
+def test_summarise_rejects_uneven_or_missing_records():
+    with pytest.raises(ValueError):
+        summarise([])
+    with pytest.raises(ValueError):
+        summarise([_record("1", ["1"]), _record("1", ["1", "2"])])
+
+
+def test_metrics_table_shows_the_difference():
+    base = {"n": 4, "accuracy_strict": 0.25, "mean_completion_tokens": 100.0}
+    adapter = {"n": 4, "accuracy_strict": 0.5, "mean_completion_tokens": 80.0}
+    table = metrics_table({"base": base, "adapter": adapter})
+    assert table.splitlines()[0] == "| metric | base | adapter | difference |"
+    assert "| accuracy_strict | 25.0% | 50.0% | +25.0 pp |" in table
+    assert "| mean_completion_tokens | 100.0 | 80.0 | -20.0 |" in table
+
+
+def test_run_name(tmp_path):
+    assert run_name("embedded:smollm2-135m-instruct", None) == "smollm2-135m-instruct"
+    assert run_name("Qwen/Qwen2.5-3B-Instruct", None) == "Qwen2.5-3B-Instruct"
+    assert run_name("x", str(tmp_path / "demo" / "adapter")) == "demo-adapter"
+
+
+# ----------------------------------------------------------------------------------------------- generation
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from r1lite.models import load_model
+
+    model, tokenizer = load_model(str(tiny_model_dir), "fp32", device="cpu")
+    # Random weights this small give every prompt the same reply; larger ones make replies prompt-dependent.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(30)
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def questions(gsm8k_dir):
+    from r1lite.data import load_prepared
+
+    return load_prepared(str(gsm8k_dir), "test", limit=5)
+
+
+def test_batched_generation_equals_one_at_a_time(tiny, questions):
+    model, tokenizer = tiny
+    prompts = questions["prompt"]
+    batched = generate_replies(model, tokenizer, prompts, max_new_tokens=10, batch_size=5, progress=False)
+    single = generate_replies(model, tokenizer, prompts, max_new_tokens=10, batch_size=1, progress=False)
+    assert batched == single  # left padding and masks change nothing in fp32
+    assert len({group[0].text for group in batched}) > 1
+
+
+def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny, questions):
+    model, tokenizer = tiny
+    state = torch.random.get_rng_state()
+    settings = dict(num_samples=3, temperature=1.0, max_new_tokens=6, batch_size=6, progress=False)
+    prompts = questions["prompt"][:2]
+    first = generate_replies(model, tokenizer, prompts, seed=1, **settings)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert first == generate_replies(model, tokenizer, prompts, seed=1, **settings)
+    assert first != generate_replies(model, tokenizer, prompts, seed=2, **settings)
+    assert all(len(group) == 3 for group in first)
+
+
+def test_evaluate_model_restores_training_mode(tiny, questions):
+    model, tokenizer = tiny
+    model.train()
+    result = evaluate_model(model, tokenizer, questions, max_new_tokens=4, progress=False)
+    assert model.training
+    assert result.metrics["n"] == 5 and [r["index"] for r in result.records] == list(range(5))
+    assert result.records[0]["gold"] == questions[0]["answer"]
+    model.eval()
+
+
+def test_generation_settings_are_checked(tiny, questions):
+    model, tokenizer = tiny
+    with pytest.raises(EvalError, match="temperature"):
+        evaluate_model(model, tokenizer, questions, num_samples=2, temperature=0.0)
+    with pytest.raises(EvalError, match="no questions"):
+        evaluate_model(model, tokenizer, [])
+
+
+def test_periodic_eval_logs_eval_metrics_and_keeps_training_mode(tiny_model_dir, questions):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    model.train()
+    logged = []
+    trainer = SimpleNamespace(callback_handler=SimpleNamespace(on_log=lambda a, s, c, logs: logged.append(logs)))
+    callback = PeriodicEval(questions, AutoTokenizer.from_pretrained(tiny_model_dir), every=2, trainer=trainer,
+                            max_new_tokens=4, batch_size=8)
+    state, control = TrainerState(), TrainerControl()
+    for step in (1, 2, 3):
+        state.global_step = step
+        callback.on_step_end(None, state, control, model=model)
+    callback.on_train_end(None, state, control, model=model)  # step 3 was not evaluated yet
+    callback.on_train_end(None, state, control, model=model)  # ... and now it was
+    assert [h["step"] for h in callback.history] == [2, 3]
+    assert len(logged) == 2 and logged[0]["eval/n"] == 5 and "eval/accuracy_strict" in logged[0]
+    assert [h["step"] for h in state.log_history] == [2, 3]
+    assert model.training
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+
+def _eval(capsys, *args) -> tuple[int, str, str]:
+    code = main(["eval", "--quiet", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_eval_writes_summary_and_per_question_files(tiny_model_dir, gsm8k_dir, tmp_path, capsys):
+    output = tmp_path / "out" / "tiny.json"
+    code, out, _ = _eval(capsys, "--model", tiny_model_dir, "--dataset", gsm8k_dir, "--limit", 4,
+                         "--max_new_tokens", 8, "--output", output)
+    assert code == 0 and "accuracy_strict" in out
+    summary = json.loads(output.read_text())
+    assert set(summary) == {"settings", "metrics", "seconds", "records"}
+    assert summary["settings"]["temperature"] == 0.0 and summary["settings"]["split"] == "test"
+    assert set(summary["metrics"]) == {"n", "num_samples", "accuracy_strict", "accuracy_lenient", "format_strict",
+                                       "format_soft", "mean_completion_tokens", "clipped_ratio"}
+    assert summary["metrics"]["n"] == 4 and 0 < summary["metrics"]["mean_completion_tokens"] <= 8
+    records = [json.loads(line) for line in (tmp_path / "out" / "tiny.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    assert {"question", "gold", "replies", "tagged", "last_number", "strict", "lenient"} <= set(records[0])
+    assert records[0]["gold"] == "18"
+
+
+def test_eval_with_samples_reports_pass_at_k(tiny_model_dir, gsm8k_dir, tmp_path, capsys):
+    output = tmp_path / "sampled.json"
+    code, out, _ = _eval(capsys, "--model", tiny_model_dir, "--dataset", gsm8k_dir, "--limit", 2,
+                         "--max_new_tokens", 4, "--num_samples", 2, "--output", output)
+    assert code == 0
+    summary = json.loads(output.read_text())
+    assert summary["settings"]["temperature"] == 0.8
+    assert {"pass@1_strict", "pass@2_strict", "maj@2_strict", "pass@2_lenient"} <= set(summary["metrics"])
+
+
+def _save_adapter(model_dir, target, hidden_size=None):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if hidden_size is None:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    else:  # a model of another shape: its adapter cannot fit the tiny model
+        config = AutoConfig.from_pretrained(model_dir)
+        config.hidden_size, config.intermediate_size = hidden_size, 2 * hidden_size
+        model = AutoModelForCausalLM.from_config(config)
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(target)
+    return target
+
+
+def test_eval_baseline_writes_a_side_by_side_table(tiny_model_dir, gsm8k_dir, tmp_path, capsys):
+    adapter = _save_adapter(tiny_model_dir, tmp_path / "run" / "adapter")
+    output = tmp_path / "cmp.json"
+    code, out, _ = _eval(capsys, "--model", tiny_model_dir, "--adapter", adapter, "--baseline", "--dataset",
+                         gsm8k_dir, "--limit", 3, "--max_new_tokens", 6, "--output", output)
+    assert code == 0
+    assert "| metric | base | adapter | difference |" in out
+    summary = json.loads(output.read_text())
+    assert set(summary) == {"settings", "base", "adapter", "difference", "table"}
+    assert summary["difference"]["accuracy_strict"] == pytest.approx(
+        summary["adapter"]["metrics"]["accuracy_strict"] - summary["base"]["metrics"]["accuracy_strict"])
+    assert (tmp_path / "cmp.md").read_text().count("|") > 10
+    base_replies = [json.loads(line)["replies"] for line in (tmp_path / "cmp.base.jsonl").open()]
+    adapter_replies = [json.loads(line)["replies"] for line in (tmp_path / "cmp.jsonl").open()]
+    assert len(base_replies) == len(adapter_replies) == 3
+    assert base_replies != adapter_replies  # the adapter's random weights change the replies
+
+
+def test_eval_default_output_is_named_after_the_adapter(tiny_model_dir, gsm8k_dir, tmp_path, capsys, monkeypatch):
+    adapter = _save_adapter(tiny_model_dir, tmp_path / "demo" / "adapter")
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = _eval(capsys, "--model", tiny_model_dir, "--adapter", adapter, "--dataset", gsm8k_dir,
+                       "--limit", 1, "--max_new_tokens", 2)
+    assert code == 0
+    assert (tmp_path / "eval" / "demo-adapter.json").is_file() and (tmp_path / "eval" / "demo-adapter.jsonl").is_file()
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda tmp, model, data: ["--dataset", data, "--limit", 0], "--limit must be positive"),
+        (lambda tmp, model, data: ["--dataset", data, "--baseline"], "--adapter"),
+        (lambda tmp, model, data: ["--dataset", data, "--num_samples", 2, "--temperature", 0], "temperature"),
+        (lambda tmp, model, data: ["--dataset", _jsonl(tmp / "empty.jsonl", [])], "empty.jsonl"),
+        (lambda tmp, model, data: ["--dataset", _jsonl(tmp / "nogold.jsonl", [{"question": "1+1?", "answer": "2"}])],
+         "####"),
+        (lambda tmp, model, data: ["--dataset", data, "--adapter", _save_adapter(model, tmp / "other", 48)],
+         "does not fit"),
+        (lambda tmp, model, data: ["--dataset", data, "--adapter", tmp], "not a LoRA adapter"),
+    ],
+    ids=["limit-0", "baseline-without-adapter", "greedy-samples", "empty-file", "no-gold", "mismatched-adapter",
+         "not-an-adapter"],
+)
+def test_eval_errors_exit_2_with_a_message(tiny_model_dir, gsm8k_dir, tmp_path, capsys, make_args, message):
+    args = make_args(tmp_path, tiny_model_dir, gsm8k_dir)
+    code, _, err = _eval(capsys, "--model", tiny_model_dir, "--max_new_tokens", 2, "--limit", 1,
+                         "--output", tmp_path / "e.json", *args)
+    assert code == 2
+    assert "r1lite eval: error:" in err and message in err
