@@ -141,26 +141,20 @@ def run_r1lite(args: argparse.Namespace, out_dir: Path) -> list[dict]:
 
 
 def _wire_speed_if_missing() -> None:
-    """Until train.py inherits the speed mixins and applies cpu_fast_defaults, do both here, the way
-    docs/speed.md tells train.py to (so this benchmark measures the path r1lite will take)."""
+    """Until train.py's R1Trainer inherits the speed mixins, add them here the way docs/speed.md tells
+    train.py to, so that this benchmark measures the path r1lite takes."""
     from r1lite import train as train_module
-    from r1lite.speed import CPUFastPathMixin, TimedGRPOMixin, cpu_fast_defaults
+    from r1lite.speed import CPUFastPathMixin, TimedGRPOMixin
 
     if issubclass(train_module.R1Trainer, TimedGRPOMixin):
         return
     print("[step_time] train.py is not wired to r1lite.speed yet: wiring it for this run", file=sys.stderr)
 
     class Wired(TimedGRPOMixin, CPUFastPathMixin, train_module.R1Trainer):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, cpu_fast_path=kw.pop("cpu_fast_path", True), **kw)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, cpu_fast_path=True, **kwargs)
 
-    build = train_module.build_grpo_config
-
-    def build_fast(config, device=None):
-        config.grpo = cpu_fast_defaults(config.grpo)  # this run sets no gradient_checkpointing itself
-        return build(config, device)
-
-    train_module.R1Trainer, train_module.build_grpo_config = Wired, build_fast
+    train_module.R1Trainer = Wired
 
 
 def child(args: argparse.Namespace) -> None:

@@ -15,7 +15,6 @@ from r1lite.speed import (
     PHASES,
     CPUFastPathMixin,
     TimedGRPOMixin,
-    cpu_fast_defaults,
     lora_layers,
     merged_copy,
     sync_merged,
@@ -23,30 +22,6 @@ from r1lite.speed import (
 from tests.helpers import length_reward
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-# ----------------------------------------------------------------------------------------------- settings
-
-
-@pytest.mark.parametrize(
-    ("grpo", "explicit", "expected"),
-    [
-        ({"gradient_checkpointing": True}, None, False),  # TRL's default: not a choice, the fast value wins
-        ({"gradient_checkpointing": True}, {"gradient_checkpointing"}, True),  # set in the recipe: kept
-        ({"gradient_checkpointing": True}, set(), False),
-        ({}, None, False),
-    ],
-)
-def test_cpu_fast_defaults_respect_explicit_values(grpo, explicit, expected):
-    out = cpu_fast_defaults({**grpo, "learning_rate": 1e-5}, explicit)
-    assert out["gradient_checkpointing"] is expected
-    assert out["learning_rate"] == 1e-5
-
-
-def test_cpu_fast_defaults_does_not_mutate_its_input():
-    grpo = {"gradient_checkpointing": True}
-    cpu_fast_defaults(grpo)
-    assert grpo == {"gradient_checkpointing": True}
 
 
 # ----------------------------------------------------------------------------------------------- merging
@@ -92,6 +67,21 @@ def test_sync_follows_adapter_updates(lora_model):
     assert not torch.allclose(_logits(merged, ids), _logits(lora_model, ids), atol=1e-4)
     sync_merged(merged, layers)
     torch.testing.assert_close(_logits(merged, ids), _logits(lora_model, ids), atol=1e-5, rtol=1e-4)
+
+
+def test_merged_copy_does_not_run_the_training_model(lora_model):
+    from trl.trainer.utils import add_fused_lm_head
+
+    # GRPOTrainer patches the base model's forward with a closure over that very model.
+    add_fused_lm_head(lora_model.get_base_model())
+    merged = merged_copy(lora_model)
+    sync_merged(merged, lora_layers(lora_model))
+    calls = []
+    lora_model.get_base_model().lm_head.register_forward_hook(lambda *args: calls.append(1))
+    ids = torch.randint(0, 1000, (2, 12))
+    merged_logits = _logits(merged, ids)
+    assert not calls, "sampling ran the training model instead of the merged copy"
+    torch.testing.assert_close(merged_logits, _logits(lora_model, ids), atol=1e-5, rtol=1e-4)
 
 
 def test_lora_layers_refuses_what_it_cannot_merge(tiny_model_dir):

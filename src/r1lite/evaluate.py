@@ -22,10 +22,13 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, TrainerCallback
+from transformers import AttentionInterface, DynamicCache, TrainerCallback
+from transformers.generation.logits_process import TopPLogitsWarper
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from r1lite.data import HUB_GSM8K, load_prepared
-from r1lite.eval_metrics import is_rate, score_question, summarise
+from r1lite.eval_metrics import metrics_table, score_question, summarise
 from r1lite.models import attach_adapter, load_model
 from r1lite.prompts import SYSTEM_PROMPT
 
@@ -74,34 +77,64 @@ def _encode(tokenizer, prompt: list[dict] | str) -> list[int]:
     return list(encoded["input_ids"])
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def _eos_ids(model, tokenizer) -> list[int]:
     configured = model.generation_config.eos_token_id
     ids = set(configured) if isinstance(configured, list) else {configured}
-    return {i for i in ids | {tokenizer.eos_token_id} if i is not None}
+    return sorted(i for i in ids | {tokenizer.eos_token_id} if i is not None)
 
 
-def _generation_config(model, tokenizer, num_samples, temperature, top_p, max_new_tokens) -> GenerationConfig:
-    # generate() fills whatever is unset from the model's own generation config (Qwen2.5's has
-    # repetition_penalty 1.05 and top_k 20) and then from library defaults (top_k 50). Training
-    # uses neither, so the values that change decoding are set explicitly.
-    sampling = dict(temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else {}
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=temperature > 0,
-        num_return_sequences=num_samples,
-        repetition_penalty=1.0,
-        # Training with gradient checkpointing turns the model's use_cache off; decoding needs it.
-        use_cache=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=sorted(_eos_ids(model, tokenizer)),
-        **sampling,
-    )
+def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Next token per row: argmax, or a sample at `temperature` within the top-p nucleus (no top-k and no
+    repetition penalty, as in training; a model's own generation_config is not consulted)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    scores = logits.float() / temperature
+    if top_p < 1:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
 
 
-def _reply(tokenizer, tokens: list[int], eos: set[int]) -> Reply:
-    end = next((i for i, token in enumerate(tokens) if token in eos), None)
-    kept = tokens if end is None else tokens[: end + 1]  # after the first EOS come only pad tokens
-    return Reply(tokenizer.decode(kept, skip_special_tokens=True), len(kept), end is None)
+def _forward(model, tokens, mask, positions, cache) -> torch.Tensor:
+    # use_cache explicitly: training with gradient checkpointing switches the model's default off.
+    out = model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1]  # (B, V)
+
+
+def decode(model, input_ids, attention_mask, *, num_samples: int, temperature: float, top_p: float,
+           max_new_tokens: int, eos: list[int]) -> list[list[int]]:
+    """Generated tokens (up to and including EOS) for each row of a left-padded batch, `num_samples`
+    consecutive rows per prompt.
+
+    Unlike `generate`, a row leaves the batch as soon as it ends instead of riding along until the
+    longest reply is done, and each prompt is encoded once however many samples it gets.
+    """
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding shifts positions
+    cache = DynamicCache(config=model.config)
+    logits = _forward(model, input_ids, attention_mask, positions, cache)
+    if num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)
+        logits, attention_mask, positions = (t.repeat_interleave(num_samples, dim=0)
+                                             for t in (logits, attention_mask, positions))
+    rows = torch.arange(logits.shape[0])  # which output row each batch row is
+    position = positions[:, -1:]  # (B, 1)
+    eos_ids = torch.tensor(eos, device=logits.device)
+    out: list[list[int]] = [[] for _ in range(len(rows))]
+    for step in range(max_new_tokens):
+        tokens = _pick(logits, temperature, top_p)  # (B,)
+        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
+            out[row].append(token)
+        alive = ~torch.isin(tokens, eos_ids)
+        if step == max_new_tokens - 1 or not alive.any():
+            break
+        if not alive.all():
+            keep = alive.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, tokens, attention_mask, position = rows[keep], tokens[keep], attention_mask[keep], position[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
+        position = position + 1
+        logits = _forward(model, tokens[:, None], attention_mask, position, cache)
+    return out
 
 
 def generate_replies(
@@ -114,8 +147,7 @@ def generate_replies(
     # Longest first: similar lengths share a batch (little padding), and memory peaks at the start.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     per_batch = max(1, batch_size // num_samples)
-    config = _generation_config(model, tokenizer, num_samples, temperature, top_p, max_new_tokens)
-    eos = set(config.eos_token_id)
+    eos = _eos_ids(model, tokenizer)
     replies: list[list[Reply]] = [[] for _ in encoded]
     bar = tqdm(total=len(encoded), desc="eval", unit="q", disable=not progress, dynamic_ncols=True)
     # fork_rng: sampling here must not shift the random stream of a training run that calls us.
@@ -126,10 +158,12 @@ def generate_replies(
             batch = tokenizer.pad(
                 {"input_ids": [encoded[i] for i in ids]}, padding_side="left", return_tensors="pt"
             ).to(model.device)
-            output = model.generate(**batch, generation_config=config)  # (len(ids) * num_samples, T)
-            generated = output[:, batch["input_ids"].shape[1] :].tolist()
-            for row, tokens in enumerate(generated):  # rows come grouped: all samples of a prompt together
-                replies[ids[row // num_samples]].append(_reply(tokenizer, tokens, eos))
+            generated = decode(model, batch["input_ids"], batch["attention_mask"], num_samples=num_samples,
+                               temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, eos=eos)
+            for row, tokens in enumerate(generated):
+                clipped = tokens[-1] not in eos
+                text = tokenizer.decode(tokens, skip_special_tokens=True)
+                replies[ids[row // num_samples]].append(Reply(text, len(tokens), clipped))
             bar.update(len(ids))
     bar.close()
     return replies
@@ -164,13 +198,38 @@ def evaluate_model(
     return EvalResult(summarise(records), records, time.perf_counter() - start)
 
 
+# Attention for batched decoding on CPU: matmul-softmax like transformers' "eager", but the query heads
+# that share a key/value head are folded into the rows of one matmul, where eager copies the whole
+# key/value cache once per query head (repeat_kv) at every step. On SmolLM2-135M (9 query heads, 3 kv
+# heads), batch 32: SDPA's CPU kernel took half of each step; eager was 1.6x faster and this 1.3-1.9x
+# faster again (benchmarks/eval_throughput.py). Only for models whose attention has no extras
+# (softcapping, sinks) that the plain formula would drop.
+GROUPED_ATTENTION = "r1lite_grouped"
+PLAIN_ATTENTION_MODELS = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """query (B, H, Q, D); key, value (B, KV, T, D); attention_mask additive (B, 1, Q, T). Inference only."""
+    if attention_mask is None:  # eager_mask always builds one; stay correct (causal) if a caller did not
+        return sdpa_attention_forward(module, query, key, value, None, scaling=scaling, **kwargs)
+    batch, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    grouped = query.reshape(batch, kv_heads, groups * q_len, dim)
+    scores = (grouped @ key.transpose(2, 3) * scaling).view(batch, kv_heads, groups, q_len, -1)
+    scores = scores + attention_mask[:, :, None, :, : key.shape[-2]]
+    probs = torch.softmax(scores.view(batch, kv_heads, groups * q_len, -1), dim=-1, dtype=torch.float32)
+    out = (probs.to(value.dtype) @ value).view(batch, heads, q_len, dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
 def load_for_eval(model: str, precision: str = "auto", load_in_4bit: bool = False):
-    """Load a model and tokenizer for generation-only use, in eval mode."""
+    """A model and tokenizer for generation only: in eval mode, with the fast attention above on CPU."""
     lm, tokenizer = load_model(model, precision, load_in_4bit)
-    if lm.device.type == "cpu":
-        # Batched decoding with a padding mask: PyTorch's CPU SDPA kernel took half of every step;
-        # plain matmul-softmax attention made it 1.6x faster (benchmarks/eval_throughput.py).
-        lm.set_attn_implementation("eager")
+    if lm.device.type == "cpu" and lm.config.model_type in PLAIN_ATTENTION_MODELS:
+        AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
+        AttentionMaskInterface.register(GROUPED_ATTENTION, eager_mask)
+        lm.set_attn_implementation(GROUPED_ATTENTION)
     return lm.eval(), tokenizer
 
 
@@ -179,35 +238,6 @@ def merge_adapter(peft_model):
     if getattr(peft_model.get_base_model(), "hf_quantizer", None) is not None:
         return peft_model  # merging would round the adapter into 4-bit weights
     return peft_model.merge_and_unload()
-
-
-# ----------------------------------------------------------------------------------------------- tables
-
-
-def _format_value(key: str, value: float) -> str:
-    if is_rate(key):
-        return f"{value:.1%}"
-    return f"{value:g}" if key in ("n", "num_samples") else f"{value:.1f}"
-
-
-def _format_difference(key: str, diff: float) -> str:
-    if key in ("n", "num_samples"):
-        return ""
-    return f"{diff * 100:+.1f} pp" if is_rate(key) else f"{diff:+.1f}"
-
-
-def metrics_table(columns: dict[str, dict[str, float]]) -> str:
-    """A Markdown table of metrics; with two columns, a third holds the difference (second minus first)."""
-    names = list(columns)
-    compare = len(names) == 2
-    header = ["metric", *names] + (["difference"] if compare else [])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for key in columns[names[0]]:
-        cells = [key] + [_format_value(key, columns[name][key]) for name in names]
-        if compare:
-            cells.append(_format_difference(key, columns[names[1]][key] - columns[names[0]][key]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------- command line

@@ -7,9 +7,10 @@ Two mixins for a ``GRPOTrainer`` subclass and one function for its settings:
   ``time/optimizer`` (clipping, optimizer and scheduler step) and ``time/step`` (the whole step),
   in seconds per optimizer step, beside TRL's metrics.
 - ``CPUFastPathMixin`` samples from a copy of the model with the LoRA adapter merged into its
-  weights, refreshed after each optimizer step. Unmerged, every projection runs two more small
-  matmuls per generated token; on a CPU that overhead dominates decoding.
-- ``cpu_fast_defaults`` turns off settings that cost time on a CPU and buy nothing there.
+  weights, refreshed after each optimizer step (unmerged, every adapted projection runs two more
+  small matmuls and a few more ops per generated token, and on a CPU per-op overhead dominates
+  decoding), and runs TRL's fused LM head with CPU-sized tiles (half the peak memory here).
+- ``cpu_fast_defaults`` would pick GRPOConfig settings for a CPU; none beats TRL's defaults today.
 
 docs/speed.md has the measured figures behind each choice.
 """
@@ -20,9 +21,8 @@ import copy
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,36 +33,16 @@ logger = logging.getLogger(__name__)
 PHASES = ("generation", "rewards", "logprobs", "backward", "optimizer", "step")
 
 
-@dataclass
-class SpeedArgs:
-    cpu_fast_path: bool = field(
-        default=True,
-        metadata={"help": "On a CPU: generate with the LoRA adapter merged into a copy of the weights and turn off "
-                  "gradient checkpointing (unless set). Same samples, 3x+ faster steps (docs/speed.md)."},
-    )
+def cpu_fast_defaults(grpo: dict[str, Any]) -> dict[str, Any]:
+    """GRPOConfig keyword arguments for the CPU fast path: a copy of `grpo`, unchanged.
 
-
-# Settings the fast path changes, each with the value it picks. Gradient checkpointing trades an extra
-# forward pass for activation memory; a small model on a CPU has memory to spare and no time to spare.
-CPU_FAST_SETTINGS: dict[str, Any] = {"gradient_checkpointing": False}
-
-
-def cpu_fast_defaults(grpo: dict[str, Any], explicit: Collection[str] | None = None) -> dict[str, Any]:
-    """GRPOConfig keyword arguments with the CPU fast settings, keeping every value the user chose.
-
-    A value counts as chosen when its key is in `explicit` (the keys given in the recipe or on the command
-    line). Without that set, a value that differs from GRPOConfig's own default counts as chosen: setting a
-    key to exactly TRL's default is then indistinguishable from leaving it out, and the fast value wins.
+    No GRPOConfig-level setting measured so far beats TRL's default on a CPU within the memory target
+    (docs/speed.md): turning gradient checkpointing off saves about one forward pass per step but takes the
+    embedded model's peak memory past 4 GB; a static KV cache, transformers' continuous batching and
+    torch.compile generate no faster. The fast path is CPUFastPathMixin's, and a recipe that wants the
+    memory-for-speed trade sets `gradient_checkpointing: false` itself.
     """
-    from r1lite.config import GRPO_DEFAULTS, _grpo_field_defaults  # config imports this module's SpeedArgs
-
-    grpo = dict(grpo)
-    defaults = {**_grpo_field_defaults(), **GRPO_DEFAULTS}
-    for key, fast in CPU_FAST_SETTINGS.items():
-        chosen = key in explicit if explicit is not None else grpo.get(key, defaults.get(key)) != defaults.get(key)
-        if not chosen:
-            grpo[key] = fast
-    return grpo
+    return dict(grpo)
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -180,6 +160,9 @@ def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A plain copy of a PEFT model's base model with room for merged weights (filled by `sync_merged`)."""
     with torch.no_grad():
         copy_ = copy.deepcopy(model).merge_and_unload()
+    # GRPOTrainer replaces the model's forward (its fused LM head) by a closure over the original model: a deep
+    # copy keeps that closure, and would keep running the training model. Sampling needs the class's forward.
+    vars(copy_).pop("forward", None)
     copy_.requires_grad_(False)
     copy_.eval()
     if getattr(copy_, "is_gradient_checkpointing", False):
@@ -204,7 +187,7 @@ def sync_merged(target: torch.nn.Module, layers: dict[str, torch.nn.Module]) -> 
 
 # TRL's fused LM head folds [tokens x vocabulary] tiles of logits in fp32 through plain torch ops wherever it has
 # no Triton kernel, i.e. on every CPU. Its GPU-sized tiles (4096 tokens x 32768 words) hold a whole 8 x 280-token
-# GRPO batch at once: about 1 GB of temporaries per pass. Smaller tiles do the same arithmetic in ~1/16 the memory.
+# GRPO batch at once: about 1 GB of temporaries per pass. Smaller tiles do the same arithmetic in a tenth.
 CPU_LM_HEAD_TILE = (1024, 8192)
 
 
