@@ -10,8 +10,25 @@ import pytest
 import torch
 
 from r1lite.cli import main
-from r1lite.eval_metrics import majority_vote, pass_at_k, pass_ks, score_question, summarise, vote_key
-from r1lite.evaluate import EvalError, PeriodicEval, evaluate_model, generate_replies, metrics_table, run_name
+from r1lite.eval_metrics import (
+    majority_vote,
+    metrics_table,
+    pass_at_k,
+    pass_ks,
+    score_question,
+    summarise,
+    vote_key,
+)
+from r1lite.evaluate import (
+    GROUPED_ATTENTION,
+    EvalError,
+    PeriodicEval,
+    decode,
+    evaluate_model,
+    generate_replies,
+    load_for_eval,
+    run_name,
+)
 
 GOOD = "<reasoning>\nJanet sells 16 - 3 - 4 = 9 eggs.\nShe makes 9 * 2 = 18.\n</reasoning>\n<answer>\n18\n</answer>\n"
 UNTAGGED = "She makes $18 every day."
@@ -142,9 +159,8 @@ def test_run_name(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from r1lite.models import load_model
-
-    model, tokenizer = load_model(str(tiny_model_dir), "fp32", device="cpu")
+    model, tokenizer = load_for_eval(str(tiny_model_dir), "fp32")
+    assert model.config._attn_implementation == GROUPED_ATTENTION
     # Random weights this small give every prompt the same reply; larger ones make replies prompt-dependent.
     with torch.no_grad():
         for param in model.parameters():
@@ -159,25 +175,60 @@ def questions(gsm8k_dir):
     return load_prepared(str(gsm8k_dir), "test", limit=5)
 
 
+def _hf_generate(model, tokenizer, prompt, max_new_tokens, eos):
+    """Reference: transformers' own greedy generate, one prompt at a time, SDPA attention."""
+    inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                pad_token_id=tokenizer.pad_token_id)
+    tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
 def test_batched_generation_equals_one_at_a_time(tiny, questions):
     model, tokenizer = tiny
     prompts = questions["prompt"]
     batched = generate_replies(model, tokenizer, prompts, max_new_tokens=10, batch_size=5, progress=False)
     single = generate_replies(model, tokenizer, prompts, max_new_tokens=10, batch_size=1, progress=False)
-    assert batched == single  # left padding and masks change nothing in fp32
+    assert batched == single  # left padding, masks and the grouped attention change nothing in fp32
     assert len({group[0].text for group in batched}) > 1
+
+
+def test_decode_drops_finished_rows_and_matches_generate(tiny, questions):
+    model, tokenizer = tiny
+    prompts = questions["prompt"]
+    encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"]
+               for p in prompts]
+    batch = tokenizer.pad({"input_ids": encoded}, padding_side="left", return_tensors="pt")
+
+    def run(eos: int) -> list[list[int]]:
+        with torch.inference_mode():
+            return decode(model, batch["input_ids"], batch["attention_mask"], num_samples=1, temperature=0.0,
+                          top_p=1.0, max_new_tokens=12, eos=[eos])
+
+    # Declare a token the first reply writes early to be end-of-sequence: that row leaves the batch mid-way.
+    eos = run(eos=len(tokenizer) + 1)[0][3]
+    ours = run(eos)
+    model.set_attn_implementation("sdpa")
+    try:
+        reference = [_hf_generate(model, tokenizer, prompt, 12, eos) for prompt in prompts]
+    finally:
+        model.set_attn_implementation(GROUPED_ATTENTION)
+    assert ours == reference
+    assert min(map(len, ours)) < 12 == max(map(len, ours))
 
 
 def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny, questions):
     model, tokenizer = tiny
     state = torch.random.get_rng_state()
-    settings = dict(num_samples=3, temperature=1.0, max_new_tokens=6, batch_size=6, progress=False)
+    # A high temperature: the scaled-up weights make replies near-certain at 1.0.
+    settings = dict(num_samples=3, temperature=100.0, max_new_tokens=6, batch_size=6, progress=False)
     prompts = questions["prompt"][:2]
     first = generate_replies(model, tokenizer, prompts, seed=1, **settings)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert first == generate_replies(model, tokenizer, prompts, seed=1, **settings)
     assert first != generate_replies(model, tokenizer, prompts, seed=2, **settings)
-    assert all(len(group) == 3 for group in first)
+    assert all(len(group) == 3 for group in first) and first[0][0] != first[0][1]
 
 
 def test_evaluate_model_restores_training_mode(tiny, questions):

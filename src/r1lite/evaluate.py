@@ -5,8 +5,9 @@ Outputs, beside ``--output`` (default ``eval/<name>.json``): the summary JSON, a
 records (``<stem>.base.jsonl``) and a side-by-side table (``<stem>.md``).
 
 ``evaluate_model`` is the reusable core (the CLI and ``PeriodicEval`` during training both call it):
-batched, left-padded generation, longest prompts first so each batch pads little, under
-``torch.inference_mode`` with the RNG forked so a training run's random stream is left untouched.
+batched, left-padded generation, longest prompts first so each batch pads little; a reply leaves its
+batch as soon as it ends (``decode``); ``torch.inference_mode``, and the RNG forked so that a
+training run's random stream is left untouched.
 """
 
 from __future__ import annotations
