@@ -3,22 +3,28 @@ HF `generate` loop: same model, precision, prompts and greedy decoding, measured
 
     python benchmarks/eval_throughput.py                      # 200 questions batched, 40 one at a time
     python benchmarks/eval_throughput.py --n 64 --loop_n 16   # shorter
-    python benchmarks/eval_throughput.py --batch_size 16 32 64
+    python benchmarks/eval_throughput.py --batch_size 16 32 64 --threads 1
 
 The one-at-a-time loop is slow, so it runs on the first --loop_n questions only; both paths are compared
 per question and per generated token, and extrapolated to GSM8K's 1,319 test questions.
 Target on the 2-core CPU: batched at least 4x the loop, the whole test split in under 20 minutes.
 """
 
-import argparse
 import os
-import time
-from pathlib import Path
 
-import torch
+# Threads that wait for each other by spinning (libgomp's default) stall badly when other processes
+# share the two cores: 2 threads ran at 22 tok/s spinning and 243 tok/s passive, on this machine under
+# load. Set before torch starts OpenMP; run with OMP_WAIT_POLICY=ACTIVE to measure the default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from r1lite.data import load_prepared
-from r1lite.evaluate import evaluate_model, load_for_eval
+import argparse  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from r1lite.data import load_prepared  # noqa: E402
+from r1lite.evaluate import evaluate_model, load_for_eval  # noqa: E402
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 TEST_SPLIT = 1319
@@ -54,7 +60,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="questions for the batched path")
     parser.add_argument("--loop_n", type=int, default=40, help="questions for the one-at-a-time loop (0: skip)")
     parser.add_argument("--max_new_tokens", type=int, default=256)
-    parser.add_argument("--batch_size", type=int, nargs="+", default=[16])
+    parser.add_argument("--batch_size", type=int, nargs="+", default=[32])
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     args = parser.parse_args()
@@ -64,8 +70,8 @@ def main() -> None:
     model, tokenizer = load_for_eval(args.model, args.precision)
     questions = load_prepared(args.dataset, "test", limit=args.n)
     print(f"{args.model}, {model.dtype}, {model.config._attn_implementation} attention, "
-          f"{torch.get_num_threads()} threads, greedy, max {args.max_new_tokens} new "
-          f"tokens; load average before: {os.getloadavg()[0]:.1f}")
+          f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), greedy, max "
+          f"{args.max_new_tokens} new tokens; load average before: {os.getloadavg()[0]:.1f}")
     print(f"{'path':34} {'questions':>9} {'seconds':>8} {'q/s':>7} {'tok/s':>8} {'tokens/q':>9} "
           f"{'full test split':>14}")
 

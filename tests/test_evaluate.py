@@ -29,6 +29,7 @@ from r1lite.evaluate import (
     load_for_eval,
     run_name,
 )
+from r1lite.prompts import SYSTEM_PROMPT
 
 GOOD = "<reasoning>\nJanet sells 16 - 3 - 4 = 9 eggs.\nShe makes 9 * 2 = 18.\n</reasoning>\n<answer>\n18\n</answer>\n"
 UNTAGGED = "She makes $18 every day."
@@ -306,6 +307,19 @@ def test_eval_with_samples_reports_pass_at_k(tiny_model_dir, gsm8k_dir, tmp_path
     summary = json.loads(output.read_text())
     assert summary["settings"]["temperature"] == 0.8
     assert {"pass@1_strict", "pass@2_strict", "maj@2_strict", "pass@2_lenient"} <= set(summary["metrics"])
+
+
+@pytest.mark.parametrize(
+    ("prompt_args", "system_prompt"),
+    [([], SYSTEM_PROMPT), (["--no_system_prompt"], None), (["--system_prompt", "Be brief."], "Be brief.")],
+)
+def test_eval_prompting_options(tiny_model_dir, gsm8k_dir, tmp_path, capsys, prompt_args, system_prompt):
+    output = tmp_path / "prompted.json"
+    code, _, _ = _eval(capsys, "--model", tiny_model_dir, "--dataset", gsm8k_dir, "--limit", 1, "--max_new_tokens", 2,
+                       "--few_shot", 1, "--output", output, *prompt_args)
+    assert code == 0
+    settings = json.loads(output.read_text())["settings"]
+    assert settings["system_prompt"] == system_prompt and settings["few_shot"] == 1
 
 
 def _save_adapter(model_dir, target, hidden_size=None):

@@ -140,7 +140,7 @@ def decode(model, input_ids, attention_mask, *, num_samples: int, temperature: f
 
 def generate_replies(
     model, tokenizer, prompts: Sequence[list[dict] | str], *, num_samples: int = 1, temperature: float = 0.0,
-    top_p: float = 1.0, max_new_tokens: int = 512, batch_size: int = 16, seed: int = 0, progress: bool = True,
+    top_p: float = 1.0, max_new_tokens: int = 512, batch_size: int = 32, seed: int = 0, progress: bool = True,
 ) -> list[list[Reply]]:
     """`num_samples` replies per prompt; a batch holds `batch_size` sequences (batch_size // num_samples prompts)."""
     check_generation_settings(num_samples, temperature, max_new_tokens, batch_size)
@@ -172,7 +172,7 @@ def generate_replies(
 
 def evaluate_model(
     model, tokenizer, dataset, *, num_samples: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-    max_new_tokens: int = 512, batch_size: int = 16, seed: int = 0, progress: bool = True,
+    max_new_tokens: int = 512, batch_size: int = 32, seed: int = 0, progress: bool = True,
 ) -> EvalResult:
     """Generate for every prepared row (``prompt``, ``answer``, ``question``) and score the replies.
 
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"0 = greedy (default with one sample); {SAMPLING_TEMPERATURE} by default with several")
     add("--top_p", type=float, default=1.0)
     add("--max_new_tokens", type=int, default=512)
-    add("--batch_size", type=int, default=16, help="sequences generated together (questions x samples)")
+    add("--batch_size", type=int, default=32, help="sequences generated together (questions x samples)")
     add("--seed", type=int, default=0, help="sampling and few-shot example choice")
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--system_prompt", default=None, help="replace the recipe's format system prompt")
@@ -286,7 +286,10 @@ def parse_eval_args(argv: list[str]) -> argparse.Namespace:
     if args.temperature is None:
         args.temperature = 0.0 if args.num_samples == 1 else SAMPLING_TEMPERATURE
     check_generation_settings(args.num_samples, args.temperature, args.max_new_tokens, args.batch_size)
-    args.system_prompt = None if args.no_system_prompt else args.system_prompt or SYSTEM_PROMPT
+    if args.no_system_prompt:
+        args.system_prompt = None
+    elif args.system_prompt is None:
+        args.system_prompt = SYSTEM_PROMPT
     return args
 
 
@@ -366,7 +369,7 @@ class PeriodicEval(TrainerCallback):
 
     def __init__(self, dataset, tokenizer, every: int, *, trainer=None, prefix: str = "eval/", **generation):
         check_generation_settings(generation.get("num_samples", 1), generation.get("temperature", 0.0),
-                                  generation.get("max_new_tokens", 512), generation.get("batch_size", 16))
+                                  generation.get("max_new_tokens", 512), generation.get("batch_size", 32))
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.every = every
