@@ -140,7 +140,7 @@ def decode(model, input_ids, attention_mask, *, num_samples: int, temperature: f
 
 def generate_replies(
     model, tokenizer, prompts: Sequence[list[dict] | str], *, num_samples: int = 1, temperature: float = 0.0,
-    top_p: float = 1.0, max_new_tokens: int = 512, batch_size: int = 32, seed: int = 0, progress: bool = True,
+    top_p: float = 1.0, max_new_tokens: int = 512, batch_size: int = 64, seed: int = 0, progress: bool = True,
 ) -> list[list[Reply]]:
     """`num_samples` replies per prompt; a batch holds `batch_size` sequences (batch_size // num_samples prompts)."""
     check_generation_settings(num_samples, temperature, max_new_tokens, batch_size)
@@ -172,7 +172,7 @@ def generate_replies(
 
 def evaluate_model(
     model, tokenizer, dataset, *, num_samples: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-    max_new_tokens: int = 512, batch_size: int = 32, seed: int = 0, progress: bool = True,
+    max_new_tokens: int = 512, batch_size: int = 64, seed: int = 0, progress: bool = True,
 ) -> EvalResult:
     """Generate for every prepared row (``prompt``, ``answer``, ``question``) and score the replies.
 
@@ -201,10 +201,10 @@ def evaluate_model(
 
 # Attention for batched decoding on CPU: matmul-softmax like transformers' "eager", but the query heads
 # that share a key/value head are folded into the rows of one matmul, where eager copies the whole
-# key/value cache once per query head (repeat_kv) at every step. On SmolLM2-135M (9 query heads, 3 kv
-# heads), batch 32: SDPA's CPU kernel took half of each step; eager was 1.6x faster and this 1.3-1.9x
-# faster again (benchmarks/eval_throughput.py). Only for models whose attention has no extras
-# (softcapping, sinks) that the plain formula would drop.
+# key/value cache once per query head (repeat_kv) at every step. SmolLM2-135M (9 query heads, 3 kv
+# heads), batch 32, bf16: PyTorch's CPU SDPA kernel with a padding mask took half of every step
+# (80 tok/s); eager gave 127 tok/s and this 171-248 tok/s on the same, loaded, machine. Only for
+# models whose attention has no extras (softcapping, sinks) that the plain formula would drop.
 GROUPED_ATTENTION = "r1lite_grouped"
 PLAIN_ATTENTION_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"0 = greedy (default with one sample); {SAMPLING_TEMPERATURE} by default with several")
     add("--top_p", type=float, default=1.0)
     add("--max_new_tokens", type=int, default=512)
-    add("--batch_size", type=int, default=32, help="sequences generated together (questions x samples)")
+    add("--batch_size", type=int, default=64, help="sequences generated together (questions x samples)")
     add("--seed", type=int, default=0, help="sampling and few-shot example choice")
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--system_prompt", default=None, help="replace the recipe's format system prompt")
@@ -301,14 +301,9 @@ def run_name(model: str, adapter: str | None) -> str:
     return model.removeprefix("embedded:").rstrip("/").split("/")[-1]
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    with path.open("w") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
 def _save(result: EvalResult, path: Path) -> dict[str, Any]:
-    _write_jsonl(path, result.records)
+    """Write the per-question records as JSONL; return the summary entry that points at them."""
+    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in result.records))
     return {"metrics": result.metrics, "seconds": round(result.seconds, 1), "records": str(path)}
 
 
@@ -369,7 +364,7 @@ class PeriodicEval(TrainerCallback):
 
     def __init__(self, dataset, tokenizer, every: int, *, trainer=None, prefix: str = "eval/", **generation):
         check_generation_settings(generation.get("num_samples", 1), generation.get("temperature", 0.0),
-                                  generation.get("max_new_tokens", 512), generation.get("batch_size", 32))
+                                  generation.get("max_new_tokens", 512), generation.get("batch_size", 64))
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.every = every
