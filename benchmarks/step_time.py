@@ -12,8 +12,9 @@ rewards and the recipe's system prompt.
 
 Configurations: ``r1lite`` is `r1lite train` itself (its defaults on this machine). ``recipe`` is the recipe
 on plain TRL: fp32, gradient checkpointing, TRL's generate with the adapter unmerged. ``recipe+<lever>+...``
-adds levers to it: bf16, merged (generate from a merged copy), no-gc, static-cache, paged (TRL's
-use_transformers_continuous_batching), 1-thread. The first configuration is the baseline of the ratio.
+adds levers to it: bf16, merged (generate from a merged copy with r1lite's grouped attention), lm-head
+(log-probabilities of the completion tokens only, r1lite.speed.CPULogProbs), no-gc, static-cache, paged
+(TRL's use_transformers_continuous_batching), 1-thread. The first configuration is the baseline of the ratio.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ LORA = {"r": 64, "alpha": 64, "dropout": 0.0,
 LEVERS = {
     "bf16": {"precision": "bf16"},
     "merged": {"fast_path_parts": ("merged_generation",)},
-    "tiles": {"fast_path_parts": ("lm_head_tiles",)},
+    "lm-head": {"fast_path_parts": ("cpu_lm_head",)},
     "no-gc": {"gradient_checkpointing": False},
     "static-cache": {"cache_implementation": "static"},
     "paged": {"use_transformers_continuous_batching": True},
@@ -134,27 +135,9 @@ def run_r1lite(args: argparse.Namespace, out_dir: Path) -> list[dict]:
             "--max_steps", str(args.warmup + args.steps), "--save_steps", "100000", "--sample_every", "0"]
     for key, value in grpo.items():
         argv += [f"--{key}", str(value)]
-    _wire_speed_if_missing()
     train(parse_run_config(argv))
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return [record for record in records if "reward" in record]
-
-
-def _wire_speed_if_missing() -> None:
-    """Until train.py's R1Trainer inherits the speed mixins, add them here the way docs/speed.md tells
-    train.py to, so that this benchmark measures the path r1lite takes."""
-    from r1lite import train as train_module
-    from r1lite.speed import CPUFastPathMixin, TimedGRPOMixin
-
-    if issubclass(train_module.R1Trainer, TimedGRPOMixin):
-        return
-    print("[step_time] train.py is not wired to r1lite.speed yet: wiring it for this run", file=sys.stderr)
-
-    class Wired(TimedGRPOMixin, CPUFastPathMixin, train_module.R1Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, cpu_fast_path=True, **kwargs)
-
-    train_module.R1Trainer = Wired
 
 
 def child(args: argparse.Namespace) -> None:

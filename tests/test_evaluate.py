@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from r1lite.attention import GROUPED_ATTENTION
 from r1lite.cli import main
 from r1lite.eval_metrics import (
     majority_vote,
@@ -20,7 +21,6 @@ from r1lite.eval_metrics import (
     vote_key,
 )
 from r1lite.evaluate import (
-    GROUPED_ATTENTION,
     EvalError,
     PeriodicEval,
     decode,

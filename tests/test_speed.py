@@ -9,6 +9,7 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
+from r1lite.attention import GROUPED_ATTENTION
 from r1lite.data import prepare
 from r1lite.models import lora_config
 from r1lite.speed import (
@@ -49,6 +50,7 @@ def test_merged_copy_computes_what_the_adapter_computes(lora_model):
     layers = lora_layers(lora_model)
     assert layers and len(layers) == 2 * len(TARGETS)  # 2 layers in the tiny llama
     merged = merged_copy(lora_model)
+    assert merged.config._attn_implementation == GROUPED_ATTENTION  # it only generates, on a CPU
     sync_merged(merged, layers)
     torch.testing.assert_close(_logits(merged, ids), _logits(lora_model, ids), atol=1e-5, rtol=1e-4)
     # The training model keeps its own, unmerged weights.
@@ -147,27 +149,51 @@ def test_train_logs_phase_times_to_metrics_jsonl(tmp_path, tiny_model_dir, gsm8k
     assert all(step[f"time/{phase}"] >= 0 for phase in PHASES)
 
 
-def test_small_lm_head_tiles_compute_the_same_log_probs_and_gradients(tiny_model_dir):
-    import trl.kernels.chunked_logprob as kernel
+@pytest.mark.parametrize("entropy_grad", [False, True])
+def test_cpu_lm_head_computes_what_trls_fused_head_computes(tiny_model_dir, entropy_grad):
+    import trl.trainer.utils as trl_utils
     from trl.trainer.utils import add_fused_lm_head
 
-    from r1lite.speed import lm_head_tiles
+    from r1lite.speed import CPULogProbs, cpu_lm_head
 
+    torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
-    ids = torch.randint(0, 1000, (2, 40))
+    add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
+    ids = torch.randint(0, 1000, (3, 40))
     labels = ids.clone()
     labels[:, :10] = -100  # prompt positions are not scored
+    labels[0, 30:] = -100  # nor padding
 
     def run():
         model.zero_grad()
         out = model(input_ids=ids, labels=labels, fused_lm_head=True)
-        (out.log_probs.sum() + out.entropy.sum()).backward()
+        loss = out.log_probs.sum() + (0.1 * out.entropy.sum() if entropy_grad else 0)
+        loss.backward()
         return [out.log_probs.detach(), out.entropy.detach()] + [p.grad.clone() for p in model.parameters()]
 
-    default = run()
-    with lm_head_tiles(16, 1000):  # many tiles along both axes
-        small = run()
-    assert kernel.TOKEN_CHUNK_SIZE == 4096  # restored
-    for a, b in zip(default, small, strict=True):
+    reference = run()
+    with cpu_lm_head(entropy_grad):
+        assert isinstance(trl_utils._ChunkedLogProbFunction, CPULogProbs)
+        ours = run()
+    assert not isinstance(trl_utils._ChunkedLogProbFunction, CPULogProbs)  # restored
+    assert reference[0][0, 30:].eq(0).all() and ours[0][0, 30:].eq(0).all()
+    for a, b in zip(reference, ours, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_cpu_lm_head_chunks_agree_and_hand_other_outputs_to_trl():
+    from trl.kernels import ChunkedLogProbFunction
+
+    from r1lite.speed import CPULogProbs
+
+    torch.manual_seed(0)
+    hidden, weight, targets = torch.randn(37, 16), torch.randn(50, 16), torch.randint(0, 50, (37,))
+    args = (hidden, weight, None, targets, 1.0, 32)
+    whole = CPULogProbs(ChunkedLogProbFunction, tokens=1000).apply(*args, outputs=("log_probs", "entropy"))
+    chunked = CPULogProbs(ChunkedLogProbFunction, tokens=5).apply(*args, outputs=("log_probs", "entropy"))
+    torch.testing.assert_close(whole[0], chunked[0])
+    torch.testing.assert_close(whole[1], chunked[1])
+    torch.testing.assert_close(whole[0], torch.log_softmax(hidden @ weight.T, -1).gather(-1, targets[:, None])[:, 0])
+    # Fields CPULogProbs does not compute come from TRL's function.
+    is_top1 = CPULogProbs(ChunkedLogProbFunction).apply(*args, outputs=("log_probs", "is_top1"))[4]
+    assert torch.equal(is_top1, (hidden @ weight.T).argmax(-1) == targets)

@@ -101,8 +101,8 @@ class RunArgs:
     )
     cpu_fast_path: bool = field(
         default=True,
-        metadata={"help": "On a CPU: sample from a copy with the LoRA adapter merged in, CPU-sized LM-head tiles, "
-                  "no gradient checkpointing unless set. Same samples, faster steps (docs/speed.md)."},
+        metadata={"help": "On a CPU: sample from a copy with the LoRA adapter merged in, and compute log-probabilities "
+                  "of the completion tokens only. Same samples and loss, faster steps (docs/speed.md)."},
     )
     eval_every: int = field(
         default=0,

@@ -23,11 +23,10 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AttentionInterface, DynamicCache, TrainerCallback
+from transformers import DynamicCache, TrainerCallback
 from transformers.generation.logits_process import TopPLogitsWarper
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from r1lite.attention import use_grouped_attention
 from r1lite.data import HUB_GSM8K, load_prepared
 from r1lite.eval_metrics import metrics_table, score_question, summarise
 from r1lite.models import attach_adapter, load_model
@@ -199,38 +198,10 @@ def evaluate_model(
     return EvalResult(summarise(records), records, time.perf_counter() - start)
 
 
-# Attention for batched decoding on CPU: matmul-softmax like transformers' "eager", but the query heads
-# that share a key/value head are folded into the rows of one matmul, where eager copies the whole
-# key/value cache once per query head (repeat_kv) at every step. SmolLM2-135M (9 query heads, 3 kv
-# heads), batch 32, bf16: PyTorch's CPU SDPA kernel with a padding mask took half of every step
-# (80 tok/s); eager gave 127 tok/s and this 171-248 tok/s on the same, loaded, machine. Only for
-# models whose attention has no extras (softcapping, sinks) that the plain formula would drop.
-GROUPED_ATTENTION = "r1lite_grouped"
-PLAIN_ATTENTION_MODELS = ("llama", "mistral", "qwen2", "qwen3")
-
-
-def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """query (B, H, Q, D); key, value (B, KV, T, D); attention_mask additive (B, 1, Q, T). Inference only."""
-    if attention_mask is None:  # eager_mask always builds one; stay correct (causal) if a caller did not
-        return sdpa_attention_forward(module, query, key, value, None, scaling=scaling, **kwargs)
-    batch, heads, q_len, dim = query.shape
-    kv_heads = key.shape[1]
-    groups = heads // kv_heads
-    grouped = query.reshape(batch, kv_heads, groups * q_len, dim)
-    scores = (grouped @ key.transpose(2, 3) * scaling).view(batch, kv_heads, groups, q_len, -1)
-    scores = scores + attention_mask[:, :, None, :, : key.shape[-2]]
-    probs = torch.softmax(scores.view(batch, kv_heads, groups * q_len, -1), dim=-1, dtype=torch.float32)
-    out = (probs.to(value.dtype) @ value).view(batch, heads, q_len, dim)
-    return out.transpose(1, 2).contiguous(), None
-
-
 def load_for_eval(model: str, precision: str = "auto", load_in_4bit: bool = False):
     """A model and tokenizer for generation only: in eval mode, with the fast attention above on CPU."""
     lm, tokenizer = load_model(model, precision, load_in_4bit)
-    if lm.device.type == "cpu" and lm.config.model_type in PLAIN_ATTENTION_MODELS:
-        AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
-        AttentionMaskInterface.register(GROUPED_ATTENTION, eager_mask)
-        lm.set_attn_implementation(GROUPED_ATTENTION)
+    use_grouped_attention(lm)
     return lm.eval(), tokenizer
 
 

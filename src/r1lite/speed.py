@@ -9,8 +9,8 @@ Two mixins for a ``GRPOTrainer`` subclass and one function for its settings:
 - ``CPUFastPathMixin`` samples from a copy of the model with the LoRA adapter merged into its
   weights, refreshed after each optimizer step (unmerged, every adapted projection runs two more
   small matmuls and a few more ops per generated token, and on a CPU per-op overhead dominates
-  decoding), and runs TRL's fused LM head with CPU-sized tiles (half the peak memory here).
-- ``cpu_fast_defaults`` would pick GRPOConfig settings for a CPU; none beats TRL's defaults today.
+  decoding), with a faster attention for generation (r1lite.attention), and computes the completions'
+  log-probabilities with CPULogProbs instead of TRL's fused LM head, which on a CPU scores every position.
 
 docs/speed.md has the measured figures behind each choice.
 """
@@ -23,26 +23,15 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
+from r1lite.attention import use_grouped_attention
+
 logger = logging.getLogger(__name__)
 
 PHASES = ("generation", "rewards", "logprobs", "backward", "optimizer", "step")
-
-
-def cpu_fast_defaults(grpo: dict[str, Any]) -> dict[str, Any]:
-    """GRPOConfig keyword arguments for the CPU fast path: a copy of `grpo`, unchanged.
-
-    No GRPOConfig-level setting measured so far beats TRL's default on a CPU within the memory target
-    (docs/speed.md): turning gradient checkpointing off saves about one forward pass per step but takes the
-    embedded model's peak memory past 4 GB; a static KV cache, transformers' continuous batching and
-    torch.compile generate no faster. The fast path is CPUFastPathMixin's, and a recipe that wants the
-    memory-for-speed trade sets `gradient_checkpointing: false` itself.
-    """
-    return dict(grpo)
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -165,6 +154,7 @@ def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
     vars(copy_).pop("forward", None)
     copy_.requires_grad_(False)
     copy_.eval()
+    use_grouped_attention(copy_)  # it only generates
     if getattr(copy_, "is_gradient_checkpointing", False):
         copy_.gradient_checkpointing_disable()
     return copy_
@@ -185,24 +175,61 @@ def sync_merged(target: torch.nn.Module, layers: dict[str, torch.nn.Module]) -> 
         weight.copy_(merged.to(weight.dtype))
 
 
-# TRL's fused LM head folds [tokens x vocabulary] tiles of logits in fp32 through plain torch ops wherever it has
-# no Triton kernel, i.e. on every CPU. Its GPU-sized tiles (4096 tokens x 32768 words) hold a whole 8 x 280-token
-# GRPO batch at once: about 1 GB of temporaries per pass. Smaller tiles do the same arithmetic in a tenth.
-CPU_LM_HEAD_TILE = (1024, 8192)
+# TRL's fused LM head turns hidden states into per-token log-probabilities without materialising the logits. Where
+# it has no Triton kernel, i.e. on every CPU, it (a) scores every position, prompt and padding included, and (b) folds
+# each tile through a dozen fp32 elementwise passes, recomputing the tile in the backward. For the embedded model
+# (vocabulary 49,152) and a GRPO batch of 8 x 290 tokens, TRL's forward + backward took 2.8 s on this CPU; projecting
+# only the ~1,500 scored positions, in chunks, with torch's own logsumexp took 0.9 s for the same values.
+CPU_LM_HEAD_TOKENS = 512  # positions per chunk: 512 x 49,152 fp32 logits is 100 MB, kept for the backward
+
+
+class CPULogProbs:
+    """Drop-in for TRL's ``ChunkedLogProbFunction.apply`` on a CPU: the same outputs, by plain autograd.
+
+    ``log_probs`` carries gradients; ``entropy`` carries them only when ``entropy_grad`` (TRL's entropy bonus),
+    otherwise it is computed without, for logging and the high-entropy mask. Fields other than these two, and
+    logit softcapping, go to TRL's own function.
+    """
+
+    def __init__(self, trl_function, entropy_grad: bool = False, tokens: int = CPU_LM_HEAD_TOKENS):
+        self.trl_function = trl_function
+        self.entropy_grad = entropy_grad
+        self.tokens = tokens
+
+    def apply(self, hidden, weight, bias, targets, temperature, chunk_size, softcap=None, logit_scale=1.0,
+              outputs=("log_probs",)):
+        if softcap is not None or set(outputs) - {"log_probs", "entropy"}:
+            return self.trl_function.apply(hidden, weight, bias, targets, temperature, chunk_size, softcap,
+                                           logit_scale, outputs)
+        scale = logit_scale / temperature
+        log_probs, entropies = [], []
+        for start in range(0, hidden.shape[0], self.tokens):
+            logits = torch.nn.functional.linear(hidden[start : start + self.tokens], weight, bias).float()
+            if scale != 1.0:
+                logits = logits * scale
+            log_z = torch.logsumexp(logits, dim=-1)
+            log_probs.append(logits.gather(-1, targets[start : start + self.tokens, None]).squeeze(-1) - log_z)
+            if "entropy" in outputs:
+                with torch.set_grad_enabled(self.entropy_grad and torch.is_grad_enabled()):
+                    entropies.append(log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1))
+        entropy = torch.cat(entropies) if entropies else None
+        return torch.cat(log_probs), entropy, None, None, None
 
 
 @contextmanager
-def lm_head_tiles(tokens: int, words: int) -> Iterator[None]:
-    """Run TRL's fused LM head (forward and backward) with [tokens x words] tiles inside this block."""
-    import trl.kernels.chunked_logprob as kernel
+def cpu_lm_head(entropy_grad: bool = False) -> Iterator[None]:
+    """Inside this block, models with TRL's fused LM head score only the labelled positions, with CPULogProbs."""
     import trl.trainer.utils as trl_utils
 
-    saved = kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE
-    kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = tokens, words
+    saved = trl_utils._ChunkedLogProbFunction, trl_utils._use_triton
+    # In trl.trainer.utils, `_use_triton` only decides whether the unlabelled positions are dropped before scoring
+    # (kept elsewhere so that accelerators that compile see one tile shape); a CPU compiles nothing.
+    trl_utils._ChunkedLogProbFunction = CPULogProbs(saved[0], entropy_grad)
+    trl_utils._use_triton = lambda device: True
     try:
         yield
     finally:
-        kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = saved
+        trl_utils._ChunkedLogProbFunction, trl_utils._use_triton = saved
 
 
 class CPUFastPathMixin:
@@ -211,16 +238,16 @@ class CPUFastPathMixin:
     - completions are sampled from a copy of the model with the LoRA adapter merged into its weights,
       refreshed the first time each optimizer step generates (one small matmul per adapted layer). The copy
       costs one more model's worth of memory. Full fine-tuning, DoRA and vLLM generation are left to TRL;
-    - TRL's fused LM head runs with CPU-sized tiles (CPU_LM_HEAD_TILE).
+    - the log-probabilities of completions come from CPULogProbs instead of TRL's fused LM head (cpu_lm_head).
     """
 
     # The parts of the fast path, each measured on its own in docs/speed.md (a subclass may drop one).
-    fast_path_parts: tuple[str, ...] = ("merged_generation", "lm_head_tiles")
+    fast_path_parts: tuple[str, ...] = ("merged_generation", "cpu_lm_head")
 
     def __init__(self, *args, cpu_fast_path: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         parts = self.fast_path_parts if cpu_fast_path else ()
-        self._small_lm_head_tiles = "lm_head_tiles" in parts
+        self._cpu_lm_head = "cpu_lm_head" in parts
         self._merge_layers = None
         if "merged_generation" in parts:
             self._merge_layers = lora_layers(self.accelerator.unwrap_model(self.model))
@@ -230,9 +257,9 @@ class CPUFastPathMixin:
         self._merged_at_step = -1
 
     def training_step(self, *args, **kwargs):
-        if not self._small_lm_head_tiles:
+        if not self._cpu_lm_head:
             return super().training_step(*args, **kwargs)
-        with lm_head_tiles(*CPU_LM_HEAD_TILE):  # covers the reference pass, the loss forward and the backward
+        with cpu_lm_head(self._entropy_bonus_enabled):  # the reference pass, the loss forward and the backward
             return super().training_step(*args, **kwargs)
 
     def _generate_single_turn(self, *args, **kwargs):

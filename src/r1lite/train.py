@@ -23,15 +23,14 @@ from r1lite.models import ModelError, attach_adapter, default_device, load_model
 from r1lite.prompts import SYSTEM_PROMPT
 from r1lite.rewards import build_reward_funcs
 from r1lite.rewards.base import completion_text
-from r1lite.speed import CPUFastPathMixin, TimedGRPOMixin, cpu_fast_defaults
+from r1lite.speed import CPUFastPathMixin, TimedGRPOMixin
 
 logger = logging.getLogger(__name__)
 
 
-def adapt_to_device(grpo: dict[str, Any], precision: str, device: str, fast: bool = False) -> dict[str, Any]:
-    """GRPOConfig keyword arguments for this device: precision flags, GPU-only settings replaced on CPU,
-    and with `fast` the CPU fast-path settings where the recipe left them at TRL's default."""
-    grpo = cpu_fast_defaults(grpo) if fast and device == "cpu" else dict(grpo)
+def adapt_to_device(grpo: dict[str, Any], precision: str, device: str) -> dict[str, Any]:
+    """GRPOConfig keyword arguments for this device: precision flags, and GPU-only settings replaced on CPU."""
+    grpo = dict(grpo)
     dtype = str(resolve_dtype(precision, device)).removeprefix("torch.")
     grpo["bf16"], grpo["fp16"] = dtype == "bfloat16", dtype == "float16"
     if device == "cpu":
@@ -55,7 +54,7 @@ def preflight(args: GRPOConfig) -> None:
 
 def build_grpo_config(config: RunConfig, device: str | None = None) -> GRPOConfig:
     device = device or default_device()
-    return GRPOConfig(**adapt_to_device(config.grpo, config.model.precision, device, config.run.cpu_fast_path))
+    return GRPOConfig(**adapt_to_device(config.grpo, config.model.precision, device))
 
 
 class R1Trainer(TimedGRPOMixin, CPUFastPathMixin, GRPOTrainer):

@@ -1,0 +1,47 @@
+"""A faster attention for generating on a CPU, shared by evaluation and GRPO sampling.
+
+It computes what transformers' "eager" attention computes (matmul, additive mask, softmax, matmul), but
+folds the query heads that share a key/value head into the rows of one matmul, where eager copies the
+whole key/value cache once per query head (``repeat_kv``) at every decoding step. Only for models whose
+attention has no extras (logit softcapping, sinks) that the plain formula would drop.
+
+Measured on the embedded SmolLM2-135M (9 query heads, 3 key/value heads), bf16, 2 cores:
+- batched evaluation, 32 questions with left padding: PyTorch's CPU SDPA kernel with a padding mask took
+  half of every step (80 tok/s under load); eager 127 tok/s, this 171-248 tok/s on the same machine;
+- a GRPO group, 8 samples of one prompt, 190 tokens each: SDPA 160 tok/s, eager 190, this 210.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+GROUPED_ATTENTION = "r1lite_grouped"
+PLAIN_ATTENTION_MODELS = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """query (B, H, Q, D); key, value (B, KV, T, D); attention_mask additive (B, 1, Q, T). Inference only."""
+    if attention_mask is None:  # eager_mask always builds one; stay correct (causal) if a caller did not
+        return sdpa_attention_forward(module, query, key, value, None, scaling=scaling, **kwargs)
+    batch, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    grouped = query.reshape(batch, kv_heads, groups * q_len, dim)
+    scores = (grouped @ key.transpose(2, 3) * scaling).view(batch, kv_heads, groups, q_len, -1)
+    scores = scores + attention_mask[:, :, None, :, : key.shape[-2]]
+    probs = torch.softmax(scores.view(batch, kv_heads, groups * q_len, -1), dim=-1, dtype=torch.float32)
+    out = (probs.to(value.dtype) @ value).view(batch, heads, q_len, dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_grouped_attention(model) -> bool:
+    """Switch a CPU model that only generates to the grouped attention; False (unchanged) where it does not apply."""
+    if model.device.type != "cpu" or model.config.model_type not in PLAIN_ATTENTION_MODELS:
+        return False
+    AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
+    AttentionMaskInterface.register(GROUPED_ATTENTION, eager_mask)
+    model.set_attn_implementation(GROUPED_ATTENTION)
+    return True
