@@ -13,7 +13,8 @@ rewards and the recipe's system prompt.
 Configurations: ``r1lite`` is `r1lite train` itself (its defaults on this machine). ``recipe`` is the recipe
 on plain TRL: fp32, gradient checkpointing, TRL's generate with the adapter unmerged. ``recipe+<lever>+...``
 adds levers to it: bf16, merged (generate from a merged copy with r1lite's grouped attention), lm-head
-(log-probabilities of the completion tokens only, r1lite.speed.CPULogProbs), no-gc, static-cache, paged
+(log-probabilities of the completion tokens only, r1lite.speed.CPULogProbs), sampling (inverse-CDF draws),
+attention (the grouped attention in the loss passes too), no-gc, static-cache, paged
 (TRL's use_transformers_continuous_batching), 1-thread. The first configuration is the baseline of the ratio.
 """
 
@@ -53,6 +54,8 @@ LEVERS = {
     "bf16": {"precision": "bf16"},
     "merged": {"fast_path_parts": ("merged_generation",)},
     "lm-head": {"fast_path_parts": ("cpu_lm_head",)},
+    "sampling": {"fast_path_parts": ("fast_sampling",)},
+    "attention": {"fast_path_parts": ("grouped_attention",)},
     "no-gc": {"gradient_checkpointing": False},
     "static-cache": {"cache_implementation": "static"},
     "paged": {"use_transformers_continuous_batching": True},

@@ -129,14 +129,15 @@ def test_generation_used_the_merged_copy(timed_run):
     assert timed_run._merged_model is not None
     assert timed_run._merged_at_step == 1  # refreshed for the second step's rollout
     assert timed_run.model_wrapped is not timed_run._merged_model  # restored after generating
+    assert timed_run.model.config._attn_implementation == GROUPED_ATTENTION  # in the loss passes too
+    assert torch.multinomial.__module__ == "torch"  # fast_sampling restored it
 
 
 def test_train_logs_phase_times_to_metrics_jsonl(tmp_path, tiny_model_dir, gsm8k_dir):
     from r1lite import train as train_module
     from r1lite.config import parse_run_config
 
-    if not issubclass(train_module.R1Trainer, TimedGRPOMixin):
-        pytest.skip("R1Trainer does not inherit TimedGRPOMixin yet")
+    assert issubclass(train_module.R1Trainer, TimedGRPOMixin)
     argv = [
         "--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--output_dir", str(tmp_path),
         "--max_train_samples", "8", "--max_steps", "1", "--precision", "fp32", "--per_device_train_batch_size", "4",
@@ -197,3 +198,46 @@ def test_cpu_lm_head_chunks_agree_and_hand_other_outputs_to_trl():
     # Fields CPULogProbs does not compute come from TRL's function.
     is_top1 = CPULogProbs(ChunkedLogProbFunction).apply(*args, outputs=("log_probs", "is_top1"))[4]
     assert torch.equal(is_top1, (hidden @ weight.T).argmax(-1) == targets)
+
+
+def test_fast_sampling_draws_from_the_same_distribution_and_restores_torch():
+    from r1lite.speed import fast_sampling
+
+    original = torch.multinomial
+    probs = torch.tensor([[0.1, 0.0, 0.2, 0.3, 0.4]]).repeat(40_000, 1)
+    generator = torch.Generator().manual_seed(0)
+    with fast_sampling():
+        assert torch.multinomial is not original
+        draws = torch.multinomial(probs, num_samples=1, generator=generator)
+        weights = torch.multinomial(probs * 7, num_samples=1)  # unnormalised weights, as torch accepts
+        several = torch.multinomial(probs[:3], num_samples=2)  # not one draw per row: torch's own
+    assert torch.multinomial is original
+    assert draws.shape == (40_000, 1) and several.shape == (3, 2)
+    frequencies = torch.bincount(draws[:, 0], minlength=5) / 40_000
+    assert frequencies[1] == 0  # a word with probability 0 is never drawn
+    torch.testing.assert_close(frequencies, probs[0], atol=0.01, rtol=0)  # 4-5 standard errors
+    torch.testing.assert_close(torch.bincount(weights[:, 0], minlength=5) / 40_000, probs[0], atol=0.01, rtol=0)
+
+
+def test_grouped_attention_trains_like_the_default_attention(tiny_model_dir):
+    from r1lite.attention import use_grouped_attention
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[0, :6] = 0  # left padding
+
+    def grads(model):
+        model.zero_grad()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits[mask.bool()].logsumexp(-1).sum().backward()
+        return [logits.detach()[mask.bool()]] + [p.grad.clone() for p in model.parameters()]
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    reference = grads(model)
+    assert use_grouped_attention(model)
+    assert model.config._attn_implementation == GROUPED_ATTENTION
+    for a, b in zip(reference, grads(model), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    model.config.attention_dropout = 0.1
+    assert not use_grouped_attention(model)  # the formula has no dropout

@@ -2,13 +2,16 @@
 
 It computes what transformers' "eager" attention computes (matmul, additive mask, softmax, matmul), but
 folds the query heads that share a key/value head into the rows of one matmul, where eager copies the
-whole key/value cache once per query head (``repeat_kv``) at every decoding step. Only for models whose
+whole key/value cache once per query head (``repeat_kv``) at every decoding step. It is differentiable, and
+in GRPO's loss passes faster than PyTorch's CPU flash-attention kernel too. Only for models whose
 attention has no extras (logit softcapping, sinks) that the plain formula would drop.
 
 Measured on the embedded SmolLM2-135M (9 query heads, 3 key/value heads), bf16, 2 cores:
 - batched evaluation, 32 questions with left padding: PyTorch's CPU SDPA kernel with a padding mask took
   half of every step (80 tok/s under load); eager 127 tok/s, this 171-248 tok/s on the same machine;
-- a GRPO group, 8 samples of one prompt, 190 tokens each: SDPA 160 tok/s, eager 190, this 210.
+- a GRPO group, 8 samples of one prompt, 190 tokens each: SDPA 160 tok/s, eager 190, this 210;
+- one layer's attention in GRPO's loss, 8 x 300 tokens with padding: SDPA 12.4 ms forward and 26.2 ms
+  backward, this 7.2 ms and 16.2 ms.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ PLAIN_ATTENTION_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """query (B, H, Q, D); key, value (B, KV, T, D); attention_mask additive (B, 1, Q, T). Inference only."""
+    """query (B, H, Q, D); key, value (B, KV, T, D); attention_mask additive (B, 1, Q, T). No dropout."""
     if attention_mask is None:  # eager_mask always builds one; stay correct (causal) if a caller did not
         return sdpa_attention_forward(module, query, key, value, None, scaling=scaling, **kwargs)
     batch, heads, q_len, dim = query.shape
@@ -38,8 +41,12 @@ def grouped_attention(module, query, key, value, attention_mask, scaling, dropou
 
 
 def use_grouped_attention(model) -> bool:
-    """Switch a CPU model that only generates to the grouped attention; False (unchanged) where it does not apply."""
-    if model.device.type != "cpu" or model.config.model_type not in PLAIN_ATTENTION_MODELS:
+    """Switch a CPU model to the grouped attention; False (unchanged) where it does not apply.
+
+    The formula has no attention dropout: a model whose config asks for it keeps its own attention."""
+    config = model.config
+    if (model.device.type != "cpu" or config.model_type not in PLAIN_ATTENTION_MODELS
+            or getattr(config, "attention_dropout", 0.0)):
         return False
     AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
     AttentionMaskInterface.register(GROUPED_ATTENTION, eager_mask)
