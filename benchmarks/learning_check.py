@@ -11,7 +11,8 @@ weights (lora_B drawn at random, as after some training, so that both LoRA matri
   merged bf16 copy). The sampler may differ from its own training forward by no more than bf16 does from fp32;
 - the GRPO loss (with distinct advantages standing in for the rewards, which are all 0 for this model on
   the recipe's prompt) and its gradient on every LoRA parameter: cosine similarity and relative norm difference
-  between the recipe's path (fp32, gradient checkpointing) and r1lite's (bf16, no checkpointing).
+  between the recipe's path (fp32, gradient checkpointing, TRL's fused LM head, SDPA attention) and r1lite's
+  (bf16, CPULogProbs, grouped attention).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -47,6 +49,7 @@ def build_trainer(precision: str, gradient_checkpointing: bool, merged: bool, da
                       reward_funcs=build_reward_funcs("seed", None, "raise"), cpu_fast_path=merged,
                       peft_config=lora_config(LORA["r"], LORA["alpha"], LORA["dropout"], LORA["targets"]))
     trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which this check does not run
     return trainer
 
 
@@ -65,10 +68,14 @@ def token_logps(trainer, model, inputs) -> torch.Tensor:
 
 
 def loss_and_grads(trainer, inputs) -> tuple[float, torch.Tensor]:
+    """The GRPO loss and its LoRA gradient, through the LM head each path trains with."""
+    from r1lite.speed import cpu_lm_head
+
     trainer.model.zero_grad()
-    with trainer.compute_loss_context_manager():
-        loss = trainer.compute_loss(trainer.model, inputs)
-    loss.backward()
+    with cpu_lm_head() if trainer._cpu_lm_head else nullcontext():
+        with trainer.compute_loss_context_manager():
+            loss = trainer.compute_loss(trainer.model, inputs)
+        loss.backward()
     grads = torch.cat([p.grad.float().flatten() for p in lora_params(trainer).values()])
     return loss.item(), grads
 
