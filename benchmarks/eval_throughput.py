@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from r1lite.data import load_prepared  # noqa: E402
-from r1lite.evaluate import evaluate_model, load_for_eval  # noqa: E402
+from r1lite.evaluate import BATCH_SIZE, evaluate_model, load_for_eval  # noqa: E402
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 TEST_SPLIT = 1319
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="questions for the batched path")
     parser.add_argument("--loop_n", type=int, default=40, help="questions for the one-at-a-time loop (0: skip)")
     parser.add_argument("--max_new_tokens", type=int, default=256)
-    parser.add_argument("--batch_size", type=int, nargs="+", default=[64])
+    parser.add_argument("--batch_size", type=int, nargs="+", default=[BATCH_SIZE])
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""A faster attention for generating on a CPU, shared by evaluation and GRPO sampling.
+"""A faster attention on a CPU, shared by evaluation, GRPO sampling and GRPO's loss passes.
 
 It computes what transformers' "eager" attention computes (matmul, additive mask, softmax, matmul), but
 folds the query heads that share a key/value head into the rows of one matmul, where eager copies the

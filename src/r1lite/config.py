@@ -101,8 +101,9 @@ class RunArgs:
     )
     cpu_fast_path: bool = field(
         default=True,
-        metadata={"help": "On a CPU: sample from a copy with the LoRA adapter merged in, and compute log-probabilities "
-                  "of the completion tokens only. Same samples and loss, faster steps (docs/speed.md)."},
+        metadata={"help": "On a CPU: sample from a copy with the LoRA adapter merged in, by inverse CDF, with a "
+                  "grouped attention, and compute log-probabilities of the completion tokens only. Same sampling "
+                  "distribution and loss, faster steps (docs/speed.md)."},
     )
     eval_every: int = field(
         default=0,

@@ -1,6 +1,6 @@
 """Where a GRPO step's time goes, and the fast path r1lite takes on a CPU.
 
-Two mixins for a ``GRPOTrainer`` subclass and one function for its settings:
+Two mixins for a ``GRPOTrainer`` subclass:
 
 - ``TimedGRPOMixin`` logs ``time/generation``, ``time/rewards``, ``time/logprobs`` (the no-grad
   old/reference log-prob passes), ``time/backward`` (the loss forward plus backward),
@@ -9,8 +9,9 @@ Two mixins for a ``GRPOTrainer`` subclass and one function for its settings:
 - ``CPUFastPathMixin`` samples from a copy of the model with the LoRA adapter merged into its
   weights, refreshed after each optimizer step (unmerged, every adapted projection runs two more
   small matmuls and a few more ops per generated token, and on a CPU per-op overhead dominates
-  decoding), with a faster attention for generation (r1lite.attention), and computes the completions'
-  log-probabilities with CPULogProbs instead of TRL's fused LM head, which on a CPU scores every position.
+  decoding), draws tokens by inverse CDF, runs r1lite's grouped attention (r1lite.attention) in sampling
+  and in the loss, and computes the completions' log-probabilities with CPULogProbs instead of TRL's fused
+  LM head, which on a CPU scores every position.
 
 docs/speed.md has the measured figures behind each choice.
 """
@@ -279,11 +280,12 @@ class CPUFastPathMixin:
         parts = self.fast_path_parts if cpu_fast_path else ()
         self._cpu_lm_head = "cpu_lm_head" in parts
         self._fast_sampling = "fast_sampling" in parts
+        model = self.accelerator.unwrap_model(self.model)
         if "grouped_attention" in parts:
-            use_grouped_attention(self.accelerator.unwrap_model(self.model))
+            use_grouped_attention(model)
         self._merge_layers = None
         if "merged_generation" in parts:
-            self._merge_layers = lora_layers(self.accelerator.unwrap_model(self.model))
+            self._merge_layers = lora_layers(model)
             if self._merge_layers is None:
                 logger.info("no LoRA adapter on linear layers to merge: sampling from the training model")
         self._merged_model: torch.nn.Module | None = None
