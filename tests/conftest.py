@@ -1,4 +1,5 @@
-"""Shared fixtures: the GSM8K copy beside the repository and a tiny llama built from the embedded tokenizer."""
+"""Shared fixtures: a GSM8K sample kept in the repository, the full copy where one lies beside the checkout,
+and a tiny llama built from the embedded tokenizer."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ from pathlib import Path
 
 import pytest
 
+# The first 64 train and 24 test rows of GSM8K "main" (MIT, see its LICENSE): every smoke test runs in a bare clone.
+FIXTURE_GSM8K = Path(__file__).resolve().parent / "data" / "gsm8k"
+# The whole data set, for the few checks that need all of it (answer checker vs 5,276 labelled solutions).
 SHARED_GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 
 
 @pytest.fixture(scope="session")
 def gsm8k_dir() -> Path:
+    return FIXTURE_GSM8K
+
+
+@pytest.fixture(scope="session")
+def full_gsm8k_dir() -> Path:
     if not (SHARED_GSM8K / "train.jsonl").is_file():
-        pytest.skip(f"GSM8K copy not found at {SHARED_GSM8K}")
+        pytest.skip(f"the full GSM8K copy is not beside the checkout ({SHARED_GSM8K})")
     return SHARED_GSM8K
 
 

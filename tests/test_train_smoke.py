@@ -4,10 +4,16 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
-from r1lite.config import parse_run_config
+from r1lite.config import RunConfig, parse_config
+from r1lite.errors import ConfigError
 from r1lite.train import train
+
+
+def parse_run_config(argv):
+    return parse_config(RunConfig, argv)
 
 
 def _argv(model_dir, gsm8k_dir, out, *extra):
@@ -15,7 +21,7 @@ def _argv(model_dir, gsm8k_dir, out, *extra):
         "--model", str(model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--output_dir", str(out),
         "--max_train_samples", "16", "--max_steps", "2", "--save_steps", "1", "--precision", "fp32",
         "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "8",
-        "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "1e-2", "--sample_every", "1",
+        "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "1e-2",
         "--gradient_checkpointing", "false", "--seed", "0", *extra,
     ]
 
@@ -25,7 +31,7 @@ def run_dir(tmp_path_factory, tiny_model_dir, gsm8k_dir):
     out = tmp_path_factory.mktemp("run")
     # Scores that differ within every group, so advantages (and gradients) are non-zero on a random model.
     train(parse_run_config(_argv(tiny_model_dir, gsm8k_dir, out, "--rewards", "tests.helpers:length_reward",
-                                 "--eval_every", "1", "--eval_limit", "2", "--eval_max_new_tokens", "4")))
+                                 "--eval_every", "1", "--max_eval_samples", "2", "--eval_max_completion_length", "4")))
     return out
 
 
@@ -45,7 +51,7 @@ def test_every_lora_parameter_changed(run_dir, tiny_model_dir):
     assert isinstance(PeftModel.from_pretrained(base, run_dir / "adapter"), PeftModel)
 
 
-def test_run_directory_contents(run_dir):
+def test_run_directory_contents(run_dir, gsm8k_dir):
     assert (run_dir / "config.yaml").is_file()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "reward" in r]
@@ -56,9 +62,21 @@ def test_run_directory_contents(run_dir):
     evals = [r for r in records if "eval/accuracy_strict" in r]
     assert [r["step"] for r in evals] == [1, 2]  # every step, as eval_every says
     assert {"eval/format_strict", "eval/accuracy_lenient", "eval/n"} <= set(evals[0])
-    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert samples and {"step", "question", "gold", "completion", "rewards", "reward"} <= set(samples[0])
+    # TRL's completion log, one file per logged step, with the gold answer r1lite adds as an extra column.
+    from r1lite.report import read_samples
+
+    logged = sorted(p.name for p in (run_dir / "completions").glob("*.parquet"))
+    assert logged == ["completions_00001.parquet", "completions_00002.parquet"]
+    samples, unreadable = read_samples(run_dir)
+    assert unreadable == 0 and len(samples) == 2 * 4  # 2 steps x one group of 4
+    assert {s["step"] for s in samples} == {1, 2}
+    questions = {json.loads(line)["question"]: json.loads(line)["answer"].rsplit("####", 1)[1].strip()
+                 for line in (gsm8k_dir / "train.jsonl").read_text().splitlines()}
+    assert all(s["gold"] == questions[s["question"]] for s in samples)  # each gold belongs to its question
+    assert all(set(s["rewards"]) == {"length_reward"} for s in samples)
     assert (run_dir / "checkpoint-2").is_dir()
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["max_steps"] == 2 and config["rewards"] == ["tests.helpers:length_reward"]
 
 
 def test_resume_continues_from_the_last_checkpoint(run_dir, tiny_model_dir, gsm8k_dir):
@@ -68,3 +86,22 @@ def test_resume_continues_from_the_last_checkpoint(run_dir, tiny_model_dir, gsm8
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "reward" in r] == [1, 2, 3]  # steps 1-2 kept, not re-run
     assert (run_dir / "checkpoint-3").is_dir()
+
+
+def test_a_second_run_into_the_same_directory_is_refused_unless_asked(run_dir, tiny_model_dir, gsm8k_dir):
+    before = (run_dir / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already holds a run.*--resume true.*--overwrite true"):
+        train(parse_run_config(_argv(tiny_model_dir, gsm8k_dir, run_dir, "--rewards", "tests.helpers:length_reward")))
+    assert (run_dir / "metrics.jsonl").read_text() == before  # nothing touched
+
+
+def test_overwrite_replaces_the_earlier_run(tmp_path, tiny_model_dir, gsm8k_dir):
+    out = tmp_path / "run"
+    argv = _argv(tiny_model_dir, gsm8k_dir, out, "--rewards", "tests.helpers:length_reward", "--max_steps", "1",
+                 "--save_steps", "1")
+    train(parse_run_config(argv))
+    (out / "completions" / "completions_00007.parquet").write_bytes(b"left by an earlier, longer run")
+    train(parse_run_config([*argv, "--overwrite", "true"]))
+    assert sorted(p.name for p in (out / "completions").iterdir()) == ["completions_00001.parquet"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "reward" in r] == [1]

@@ -1,4 +1,6 @@
-"""Trainer callbacks: metrics.jsonl, a progress bar that shows reward, and no-signal warnings."""
+"""Every trainer callback r1lite installs: metrics.jsonl, a progress bar that shows reward, no-signal warnings and
+periodic held-out evaluation. All of them use transformers' public callback API only, and only the main process
+writes anything."""
 
 from __future__ import annotations
 
@@ -28,14 +30,20 @@ def _clean(value):
 
 
 class MetricsWriter(TrainerCallback):
-    """Append every log record (TRL's keys plus ``step``) to metrics.jsonl, flushed at once."""
+    """Append every log record (TRL's keys plus ``step``) to metrics.jsonl, flushed at once.
 
-    def __init__(self, path: Path, resumed_step: int = 0):
+    On the main process only: at the start it keeps the records up to the checkpoint a run resumes from (the
+    steps after it are about to be re-run) and drops everything on a fresh start."""
+
+    def __init__(self, path: Path, resumed_step: int = 0, is_main_process: bool = True):
         self.path = path
+        if not is_main_process:
+            return
         if resumed_step and path.is_file():
-            # Steps after the checkpoint are about to be re-run: drop their records to avoid duplicates.
             kept = [line for line in path.read_text().splitlines() if _record_step(line) <= resumed_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text("".join(line + "\n" for line in kept))
+            partial.replace(path)  # write, then rename: a kill here leaves the old file whole
         elif not resumed_step and path.exists():
             path.unlink()
 
@@ -127,9 +135,62 @@ class SignalWatch(TrainerCallback):
                            NO_SIGNAL_FIX)
 
 
-def install(trainer, out: Path, reward_funcs, patience: int, resumed_step: int = 0) -> None:
-    """Swap transformers' loss-only progress bar for ours and add the metrics writer and warnings."""
+def install(trainer, out: Path, reward_names: list[str] | None, patience: int = 0, resumed_step: int = 0,
+            desc: str = "GRPO") -> None:
+    """Swap transformers' loss-only progress bar for ours and add the metrics writer (and for GRPO the warnings)."""
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(MetricsWriter(out / "metrics.jsonl", resumed_step))
-    trainer.add_callback(StepProgress())
-    trainer.add_callback(SignalWatch([f.__name__ for f in reward_funcs], patience))
+    trainer.add_callback(MetricsWriter(out / "metrics.jsonl", resumed_step, trainer.args.process_index == 0))
+    trainer.add_callback(StepProgress(desc))
+    if reward_names is not None:
+        trainer.add_callback(SignalWatch(reward_names, patience))
+
+
+class PeriodicEval(TrainerCallback):
+    """Evaluate the training model on held-out questions every `every` steps and at the end of training.
+
+    The metrics go to every callback's ``on_log`` (so ``MetricsWriter`` writes them to metrics.jsonl)
+    as ``eval/<metric>`` and to ``state.log_history``, like ``Trainer.log`` does, but without calling
+    ``GRPOTrainer.log``: that would consume and reset the training metrics gathered for the step.
+    Only the main process evaluates (generation needs no collective with DDP; recipes with ZeRO-3, whose
+    forward does, are refused in preflight). Without a trainer the results are only kept in ``history``.
+    """
+
+    def __init__(self, dataset, tokenizer, every: int, *, trainer=None, prefix: str = "eval/", **generation):
+        from r1lite.engine import check_generation_settings
+
+        check_generation_settings(generation.get("num_generations", 1), generation.get("temperature", 0.0),
+                                  generation.get("max_completion_length", 512), generation.get("batch_size"))
+        self.dataset = dataset
+        self.tokenizer = tokenizer
+        self.every = every
+        self.trainer = trainer
+        self.prefix = prefix
+        self.generation = {"progress": False, **generation}
+        self.history: list[dict] = []  # {"step": N, "eval/<metric>": value, ...} per evaluation
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            self._evaluate(args, state, control, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not self.history or self.history[-1]["step"] != state.global_step:
+            self._evaluate(args, state, control, model)
+
+    def _evaluate(self, args, state, control, model) -> None:
+        from r1lite.evaluate import evaluate_model
+
+        if not state.is_world_process_zero:
+            return
+        # The PEFT-wrapped training model, unmerged: evaluate_model switches it to eval mode and back.
+        result = evaluate_model(model, self.tokenizer, self.dataset, **self.generation)
+        logs = {f"{self.prefix}{key}": value for key, value in result.metrics.items()}
+        logs[f"{self.prefix}seconds"] = round(result.seconds, 1)
+        self.history.append({"step": state.global_step, **logs})
+        logger.info("step %d: %s", state.global_step,
+                    ", ".join(f"{k}={v:.3f}" for k, v in logs.items() if isinstance(v, float)))
+        if self.trainer is not None:
+            state.log_history.append({**logs, "step": state.global_step})
+            # CallbackHandler.on_log clears control.should_log, which would drop this step's training log.
+            should_log = control.should_log
+            self.trainer.callback_handler.on_log(args, state, control, logs)
+            control.should_log = should_log

@@ -1,43 +1,81 @@
-"""Run configuration: r1lite's own dataclasses plus TRL's ``GRPOConfig``, read from a flat YAML recipe.
+"""Configuration of every command: dataclass sections, read from a flat YAML recipe plus flags.
 
-A recipe is one flat mapping. Each key is either a field of the dataclasses below or a field of
-``trl.GRPOConfig`` (every one of TRL's GRPO settings is available under its own name). Command-line
-flags override the recipe, Hugging Face style: ``r1lite train --config recipe.yaml --max_steps 2``.
-Unknown keys and values of the wrong type are rejected with a message that names the key.
+A recipe is one flat mapping. Each key is a field of one of the sections below or, for ``train`` and
+``sft``, of TRL's ``GRPOConfig`` / ``SFTConfig`` under its own name. Command-line flags override the
+recipe, Hugging Face style: ``r1lite train --config recipe.yaml --max_steps 2``. Every command parses
+the same way and the same idea has the same name everywhere, TRL's where TRL has one
+(``num_generations``, ``max_completion_length``, ``dataset_train_split``, ``dataset_test_split``).
+Unknown keys and values of the wrong type are rejected with one line that names the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from transformers import HfArgumentParser
-from trl import GRPOConfig
+from trl import GRPOConfig, SFTConfig
+
+from r1lite.errors import ConfigError, R1liteError
+from r1lite.models import DEFAULT_MODEL, PRECISIONS
+from r1lite.prompts import SYSTEM_PROMPT
+
+# Names recipes used before the names were unified; an old recipe gets told the new name.
+RENAMED = {
+    "dataset_split": "dataset_train_split", "eval_split": "dataset_test_split", "eval_limit": "max_eval_samples",
+    "eval_max_new_tokens": "eval_max_completion_length", "limit": "max_eval_samples", "n": "max_train_samples",
+    "num_samples": "num_generations", "max_new_tokens": "max_completion_length",
+    "split": "dataset_train_split (train, sft, rewards check) or dataset_test_split (eval)",
+    "sample_every": "nothing: completions of every logged step go to completions/*.parquet (TRL's log_completions)",
+}
 
 
-class ConfigError(ValueError):
-    """A recipe or a command-line flag that r1lite cannot use; the message says which and why."""
+# ----------------------------------------------------------------------------------------------- sections
 
 
 @dataclass
 class ModelArgs:
     model: str = field(
-        default="embedded:smollm2-135m-instruct",
-        metadata={"help": "Hub id, local model directory, or embedded:smollm2-135m-instruct (offline)."},
+        default=DEFAULT_MODEL,
+        metadata={"help": f"Hub id, local model directory, or {DEFAULT_MODEL} (offline, shipped in a package)."},
     )
     precision: str = field(
         default="auto",
-        metadata={"help": "auto|bf16|fp16|fp32. auto: bf16 where the device computes it natively, else fp16 "
-                  "on CUDA and fp32 on CPU."},
+        metadata={"help": "auto|bf16|fp16|fp32. auto: bf16 where the device computes it natively, else fp16 on "
+                  "CUDA (T4, V100: bf16 there is emulated and slow) and fp32 on CPU."},
     )
     load_in_4bit: bool = field(
-        default=False, metadata={"help": "QLoRA: load the base model in 4-bit (bitsandbytes, CUDA only)."}
+        default=False, metadata={"help": "QLoRA: load the base model in 4-bit nf4 (bitsandbytes, CUDA only)."}
     )
+    bnb_4bit_quant_storage: str | None = field(
+        default=None, metadata={"help": "Storage dtype of the 4-bit weights (bf16 for FSDP/ZeRO-3 sharding)."}
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "transformers attention: sdpa, eager, flash_attention_2 (model default)."}
+    )
+    torch_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Load the weights in this dtype instead of the precision's (bfloat16, float16, float32)."},
+    )
+
+
+@dataclass
+class RemoteCodeArgs:
+    # train and sft take TRL's own trust_remote_code field; the commands without a TRL config take this one.
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run model code from the hub repository. Off unless you trust it."}
+    )
+
+
+@dataclass
+class LoraArgs:
     use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter instead of all weights."})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank (the recipe uses 64)."})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA scaling numerator (the recipe uses 64)."})
@@ -55,11 +93,17 @@ class ModelArgs:
 class DataArgs:
     dataset: str = field(
         default="openai/gsm8k",
-        metadata={"help": "Hub id (openai/gsm8k), a .jsonl/.json/.parquet file, or a folder with train/test files."},
+        metadata={"help": "Hub id (openai/gsm8k), a .jsonl/.json/.parquet file, a folder with train/test files, "
+                  "or the built-in task arith[:digits=2,num_ops=2,ops=+-*]."},
     )
-    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on (and to sample from)."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Split the held-out questions come from."})
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N usable rows (after an optional shuffle)."}
+        default=None, metadata={"help": "Use only the first N usable rows of the train split."}
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate on the first N questions of the test split (unset: all; 50 during training)."},
     )
     system_prompt: str | None = field(
         default=None, metadata={"help": "Replace the recipe's format system prompt (keep it unset to reproduce)."}
@@ -74,6 +118,10 @@ class DataArgs:
         metadata={"help": "Worked examples in the target format put before each question (cold start); never "
                   "the asked question itself."},
     )
+
+    def prompt(self) -> str | None:
+        """The system prompt every command uses: the recipe's unless one is given."""
+        return SYSTEM_PROMPT if self.system_prompt is None else self.system_prompt
 
 
 @dataclass
@@ -94,72 +142,368 @@ class RewardArgs:
 
 
 @dataclass
-class RunArgs:
+class OutputArgs:
     resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
-    sample_every: int = field(
-        default=10, metadata={"help": "Write a few prompt/completion/reward samples to samples.jsonl every N steps."}
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace the run files (metrics, completions, checkpoints, adapter) of an earlier run in "
+                  "output_dir. Without it, or resume, r1lite refuses to mix two runs in one directory."},
     )
+
+    def validate(self) -> None:
+        if self.resume and self.overwrite:
+            raise ConfigError("resume and overwrite exclude each other: continue the run, or replace it")
+
+
+@dataclass
+class RunArgs:
     cpu_fast_path: bool = field(
         default=True,
-        metadata={"help": "On a CPU: sample from a copy with the LoRA adapter merged in, by inverse CDF, with a "
-                  "grouped attention, and compute log-probabilities of the completion tokens only. Same sampling "
-                  "distribution and loss, faster steps (docs/speed.md)."},
+        metadata={"help": "On a CPU, train with CPUFastGRPOTrainer: sampling from a copy with the LoRA adapter "
+                  "merged in, by inverse CDF, with a grouped attention, and log-probabilities of the completion "
+                  "tokens only. Same sampling distribution and loss, faster steps (docs/speed.md)."},
     )
     eval_every: int = field(
         default=0,
         metadata={"help": "Evaluate on held-out questions every N steps (and at the end), logged as eval/<metric>; "
-                  "0 = off."},
+                  "0 = off. Main process only."},
     )
-    eval_split: str = field(default="test", metadata={"help": "Split the held-out questions come from."})
-    eval_limit: int = field(default=50, metadata={"help": "How many held-out questions each evaluation uses."})
-    eval_max_new_tokens: int = field(default=256, metadata={"help": "Greedy reply length during evaluation."})
+    eval_max_completion_length: int = field(default=256, metadata={"help": "Greedy reply length when evaluating."})
     zero_std_patience: int = field(
         default=5,
         metadata={"help": "Warn when frac_reward_zero_std stays >= 0.9 for this many logged steps in a row."},
     )
 
 
-R1LITE_ARGS = (ModelArgs, DataArgs, RewardArgs, RunArgs)
-
-# Defaults where r1lite differs from GRPOConfig's: precision is resolved from `precision` at build time
-# (GRPOConfig's own bf16=True default fails on a CPU), metrics go to metrics.jsonl, every step is logged.
-GRPO_DEFAULTS = {"bf16": False, "report_to": "none", "logging_steps": 1, "output_dir": "runs/r1lite"}
+@dataclass
+class GenerationArgs:
+    num_generations: int = field(default=1, metadata={"help": "Replies per question (> 1 adds pass@k and a vote)."})
+    temperature: float | None = field(
+        default=None, metadata={"help": "0 = greedy. Unset: greedy with one reply, 0.8 (the recipe's) with several."}
+    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling: keep the smallest set with this mass."})
+    max_completion_length: int = field(default=512, metadata={"help": "New tokens per reply at most."})
+    batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Sequences generated together (questions x replies). Unset: 64 on CPU, sized to the free "
+                  "memory on a GPU."},
+    )
+    backend: str = field(
+        default="auto",
+        metadata={"help": "hf (r1lite's batched decoder), vllm, or auto: vllm on a GPU where it is installed."},
+    )
+    seed: int = field(default=0, metadata={"help": "Sampling and few-shot example choice."})
 
 
 @dataclass
-class RunConfig:
-    model: ModelArgs
-    data: DataArgs
-    rewards: RewardArgs
-    run: RunArgs
-    grpo: dict[str, Any]  # GRPOConfig keyword arguments, built into a GRPOConfig by `grpo_config()`
+class EvalArgs:
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter directory (adapter/ or checkpoint-N/)."})
+    baseline: bool = field(default=False, metadata={"help": "Also evaluate the model without the adapter."})
+    no_system_prompt: bool = field(
+        default=False, metadata={"help": "The bare chat template (the recipe's 'before' probe)."}
+    )
+    output: str | None = field(
+        default=None, metadata={"help": "Summary JSON path (default eval/<model-or-adapter-name>.json)."}
+    )
+    quiet: bool = field(default=False, metadata={"help": "No progress bar."})
 
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.grpo["output_dir"])
+
+@dataclass
+class ChatArgs:
+    question: str | None = field(
+        default=None, metadata={"help": "Ask once and print the reply (the recipe's probe); unset: interactive."}
+    )
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter directory (a run's adapter/)."})
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "Unset: the bare chat template without an adapter, the format prompt with one. "
+                  "'recipe' for the format prompt, '' for none."},
+    )
+
+    def prompt(self) -> str | None:
+        if self.system_prompt == "recipe" or (self.system_prompt is None and self.adapter):
+            return SYSTEM_PROMPT
+        return self.system_prompt
+
+
+@dataclass
+class CheckArgs:
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter to check instead of the bare model."})
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+
+class CommandConfig:
+    """A command's configuration: one attribute per section, plus ``trl`` (TRL config keyword arguments) for the
+    commands that train. Subclasses are dataclasses; their annotated section types drive the parser."""
+
+    prog: ClassVar[str]
+    trl_config: ClassVar[type | None] = None
+    defaults: ClassVar[dict[str, Any]] = {}  # where the command's defaults differ from the sections'
+
+    @classmethod
+    def section_types(cls) -> dict[str, type]:
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
 
     def sections(self) -> tuple[Any, ...]:
-        return (self.model, self.data, self.rewards, self.run)
+        return tuple(getattr(self, name) for name in self.section_types())
+
+    def validate(self) -> None:
+        """Combinations argparse cannot see; subclasses add their own."""
 
     def to_flat_dict(self) -> dict[str, Any]:
-        """The resolved recipe, loadable again with --config: r1lite fields and changed GRPO fields."""
+        """The resolved recipe, loadable again with --config: every section field and the changed TRL fields."""
         flat: dict[str, Any] = {}
         for section in self.sections():
             flat.update(dataclasses.asdict(section))
-        defaults = _grpo_field_defaults()
-        for key, value in self.grpo.items():
-            if key in GRPO_DEFAULTS or defaults.get(key, object()) != value:
-                flat[key] = value
+        trl = getattr(self, "trl", None)
+        if trl is not None:
+            trl_defaults = _field_defaults(self.trl_config)
+            flat.update({k: v for k, v in trl.items() if k in self.defaults or trl_defaults.get(k, object()) != v})
         return flat
 
     def save(self, path: Path) -> None:
+        """Write, then rename: a reader never sees half a file."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_flat_dict(), sort_keys=False))
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(yaml.safe_dump(self.to_flat_dict(), sort_keys=False))
+        partial.replace(path)
 
 
-def _grpo_field_defaults() -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(GRPOConfig):
+@dataclass
+class RunConfig(CommandConfig):
+    """`r1lite train`."""
+
+    model: ModelArgs
+    lora: LoraArgs
+    data: DataArgs
+    rewards: RewardArgs
+    run: RunArgs
+    output: OutputArgs
+    trl: dict[str, Any]  # GRPOConfig keyword arguments
+
+    prog: ClassVar[str] = "r1lite train"
+    trl_config: ClassVar[type] = GRPOConfig
+    # Precision is resolved from `precision` at build time (GRPOConfig's own bf16=True fails on a CPU); metrics go to
+    # metrics.jsonl, every step is logged; completions go to completions/*.parquet without printing them.
+    defaults: ClassVar[dict[str, Any]] = {
+        "bf16": False, "report_to": "none", "logging_steps": 1, "output_dir": "runs/r1lite",
+        "log_completions": True, "num_completions_to_print": 0,
+    }
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.trl["output_dir"])
+
+    def validate(self) -> None:
+        from r1lite.rewards import resolve_rewards
+
+        validate_model(self.model)
+        validate_lora(self.lora)
+        validate_data(self.data)
+        g = self.trl
+        _check_choice("reward_set", self.rewards.reward_set, ("default", "seed"))
+        _check_choice("on_reward_error", self.rewards.on_reward_error, ("raise", "none"))
+        _check_positive(num_generations=g["num_generations"], max_completion_length=g["max_completion_length"],
+                        per_device_train_batch_size=g["per_device_train_batch_size"],
+                        gradient_accumulation_steps=g["gradient_accumulation_steps"],
+                        eval_max_completion_length=self.run.eval_max_completion_length)
+        if g.get("max_steps", -1) == 0:
+            raise ConfigError("max_steps must be positive (or -1 to train for num_train_epochs)")
+        if self.run.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0, got {self.run.eval_every}")
+        self.output.validate()
+        _check_generation_batch(g, world_size())
+        try:  # names and import paths now, not after the model has loaded
+            funcs = resolve_rewards(self.rewards.reward_set, self.rewards.rewards)
+        except R1liteError as exc:
+            raise ConfigError(str(exc)) from exc
+        weights = g.get("reward_weights")
+        if weights is not None and len(weights) != len(funcs):
+            raise ConfigError(f"reward_weights has {len(weights)} values for {len(funcs)} rewards")
+
+
+@dataclass
+class SFTRunConfig(CommandConfig):
+    """`r1lite sft`."""
+
+    model: ModelArgs
+    lora: LoraArgs
+    data: DataArgs
+    output: OutputArgs
+    trl: dict[str, Any]  # SFTConfig keyword arguments
+
+    prog: ClassVar[str] = "r1lite sft"
+    trl_config: ClassVar[type] = SFTConfig
+    defaults: ClassVar[dict[str, Any]] = {
+        "output_dir": "runs/sft", "max_steps": 100, "learning_rate": 2e-4, "per_device_train_batch_size": 8,
+        "logging_steps": 1, "save_steps": 50, "report_to": "none", "bf16": False, "max_length": 512,
+        "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
+    }
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.trl["output_dir"])
+
+    def validate(self) -> None:
+        validate_model(self.model)
+        validate_lora(self.lora)
+        validate_data(self.data)
+        self.output.validate()
+        if not self.lora.use_lora:
+            raise ConfigError("r1lite sft trains a LoRA adapter: use_lora must stay true")
+        if self.lora.init_adapter:
+            raise ConfigError("init_adapter is for r1lite train (start GRPO from an SFT adapter), not for sft")
+
+
+@dataclass
+class EvalConfig(CommandConfig):
+    """`r1lite eval`."""
+
+    model: ModelArgs
+    data: DataArgs
+    generation: GenerationArgs
+    eval: EvalArgs
+    remote: RemoteCodeArgs
+
+    prog: ClassVar[str] = "r1lite eval"
+
+    def validate(self) -> None:
+        validate_model(self.model)
+        validate_data(self.data)
+        validate_generation(self.generation)
+        if self.eval.baseline and not self.eval.adapter:
+            raise ConfigError("baseline compares the model with and without an adapter: pass --adapter DIR")
+        if self.eval.no_system_prompt and self.data.system_prompt is not None:
+            raise ConfigError("system_prompt and no_system_prompt exclude each other")
+
+    def system_prompt(self) -> str | None:
+        return None if self.eval.no_system_prompt else self.data.prompt()
+
+
+@dataclass
+class ChatConfig(CommandConfig):
+    """`r1lite chat`: the recipe's probe settings (temperature 0.8, top-p 0.95, 1024 new tokens)."""
+
+    model: ModelArgs
+    generation: GenerationArgs
+    chat: ChatArgs
+    remote: RemoteCodeArgs
+
+    prog: ClassVar[str] = "r1lite chat"
+    defaults: ClassVar[dict[str, Any]] = {"temperature": 0.8, "top_p": 0.95, "max_completion_length": 1024}
+
+    def validate(self) -> None:
+        validate_model(self.model)
+        validate_generation(self.generation)
+        if self.chat.question is not None and not self.chat.question.strip():
+            raise ConfigError("the question is empty: ask something, or leave it out for an interactive chat")
+
+
+@dataclass
+class RewardsCheckConfig(CommandConfig):
+    """`r1lite rewards check`: GRPO-style groups (temperature 1, no top-p cut), 4 prompts x 8 completions."""
+
+    model: ModelArgs
+    data: DataArgs
+    generation: GenerationArgs
+    rewards: RewardArgs
+    check: CheckArgs
+    remote: RemoteCodeArgs
+
+    prog: ClassVar[str] = "r1lite rewards check"
+    defaults: ClassVar[dict[str, Any]] = {"max_train_samples": 4, "num_generations": 8, "temperature": 1.0,
+                                          "max_completion_length": 200}
+
+    def validate(self) -> None:
+        from r1lite.rewards import resolve_rewards
+
+        validate_model(self.model)
+        validate_data(self.data)
+        validate_generation(self.generation)
+        if self.generation.num_generations < 2:
+            raise ConfigError("num_generations must be at least 2: a group needs two completions to compare")
+        try:
+            resolve_rewards(self.rewards.reward_set, self.rewards.rewards)
+        except R1liteError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def world_size() -> int:
+    """Processes in this run, as accelerate/torchrun announce them (1 when launched plainly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}: '{value}' is not one of {', '.join(choices)}")
+
+
+def _check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+
+
+def validate_model(m: ModelArgs) -> None:
+    _check_choice("precision", m.precision, PRECISIONS)
+    if m.torch_dtype is not None:
+        _check_choice("torch_dtype", m.torch_dtype, ("bfloat16", "float16", "float32"))
+    if m.bnb_4bit_quant_storage is not None and not m.load_in_4bit:
+        raise ConfigError("bnb_4bit_quant_storage applies to 4-bit loading: set load_in_4bit: true or drop it")
+
+
+def validate_lora(lora: LoraArgs) -> None:
+    _check_positive(lora_r=lora.lora_r, lora_alpha=lora.lora_alpha)
+    if lora.init_adapter and not lora.use_lora:
+        raise ConfigError("init_adapter needs use_lora: true (it is a LoRA adapter)")
+
+
+def validate_data(d: DataArgs) -> None:
+    _check_positive(max_train_samples=d.max_train_samples, max_eval_samples=d.max_eval_samples,
+                    max_prompt_length=d.max_prompt_length)
+    if d.few_shot < 0:
+        raise ConfigError(f"few_shot must be >= 0, got {d.few_shot}")
+
+
+def validate_generation(g: GenerationArgs) -> None:
+    _check_positive(num_generations=g.num_generations, max_completion_length=g.max_completion_length,
+                    batch_size=g.batch_size)
+    _check_choice("backend", g.backend, ("auto", "hf", "vllm"))
+    if g.temperature is None:
+        g.temperature = 0.0 if g.num_generations == 1 else 0.8  # greedy, or the recipe's sampling temperature
+    if g.temperature < 0:
+        raise ConfigError(f"temperature must be >= 0, got {g.temperature}")
+    if g.num_generations > 1 and g.temperature == 0:
+        raise ConfigError("num_generations > 1 needs a temperature > 0: greedy decoding would repeat one reply")
+    if not 0 < g.top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {g.top_p}")
+
+
+def _check_generation_batch(g: dict[str, Any], processes: int) -> None:
+    """TRL samples one generation batch per optimizer step across all processes; it must hold whole groups."""
+    if g.get("generation_batch_size") is not None or g.get("steps_per_generation") is not None:
+        return  # TRL checks its own arithmetic for these
+    batch = g["per_device_train_batch_size"] * processes * g["gradient_accumulation_steps"]
+    if batch % g["num_generations"]:
+        raise ConfigError(
+            f"per_device_train_batch_size x processes x gradient_accumulation_steps = "
+            f"{g['per_device_train_batch_size']} x {processes} x {g['gradient_accumulation_steps']} = {batch} must be "
+            f"divisible by num_generations ({g['num_generations']}): each prompt's group must fit in one batch"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+
+def _field_defaults(config_type: type | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config_type) if config_type else ():
         if f.default is not dataclasses.MISSING:
             out[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
@@ -173,11 +517,25 @@ class _Parser(HfArgumentParser):
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
-def build_parser(prog: str, sections: tuple[type, ...], trl_config: type, defaults: dict[str, Any]) -> _Parser:
-    parser = _Parser((*sections, trl_config), prog=prog)
-    parser.set_defaults(**defaults)
+def build_parser(cls: type[CommandConfig]) -> _Parser:
+    types = list(cls.section_types().values())
+    if cls.trl_config is not None:
+        types.append(cls.trl_config)
+    parser = _Parser(types, prog=cls.prog, description=cls.__doc__)
+    parser.set_defaults(**cls.defaults)
     parser.add_argument("--config", default=None, help="Flat YAML recipe; command-line flags override it.")
+    if "chat" in cls.section_types():
+        parser.add_argument("positional_question", nargs="?", default=None, metavar="QUESTION",
+                            help="the question to ask once (same as --question)")
     return parser
+
+
+def _unknown_key(key: str, known: set[str], source: str) -> ConfigError:
+    name = f"--{key}" if source == "command line" else key
+    if key in RENAMED:
+        return ConfigError(f"{source}: '{name}' is now {RENAMED[key]}")
+    close = difflib.get_close_matches(key, known, n=1)
+    return ConfigError(f"{source}: unknown key '{name}'{f' (did you mean {close[0]!r}?)' if close else ''}")
 
 
 def _yaml_to_argv(config: dict[str, Any], known: set[str], source: str) -> list[str]:
@@ -185,9 +543,7 @@ def _yaml_to_argv(config: dict[str, Any], known: set[str], source: str) -> list[
     argv: list[str] = []
     for key, value in config.items():
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+            raise _unknown_key(key, known, source)
         if value is None or value == []:
             continue  # "the default": argparse has no token for None or an empty list
         if isinstance(value, dict):
@@ -198,81 +554,59 @@ def _yaml_to_argv(config: dict[str, Any], known: set[str], source: str) -> list[
     return argv
 
 
-def parse_sections(
-    argv: list[str], prog: str, sections: tuple[type, ...], trl_config: type, defaults: dict[str, Any]
-) -> tuple[list[Any], dict[str, Any]]:
-    """Recipe plus flags -> one instance per r1lite section and the TRL config's keyword arguments."""
-    argv = list(argv)
-    parser = build_parser(prog, sections, trl_config, defaults)
-    known = {a.dest for a in parser._actions} - {"help", "config"}
-    recipe_argv: list[str] = []
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise ConfigError("--config needs a path to a YAML recipe")
-        path = Path(argv[i + 1])
-        del argv[i : i + 2]
-        recipe_argv = _yaml_to_argv(load_yaml(path), known, str(path))
+def _pop_config_path(argv: list[str]) -> Path | None:
+    if "--config" not in argv:
+        return None
+    i = argv.index("--config")
+    if i + 1 >= len(argv):
+        raise ConfigError("--config needs a path to a YAML recipe")
+    path = Path(argv[i + 1])
+    del argv[i : i + 2]
+    return path
+
+
+C = TypeVar("C", bound=CommandConfig)
+
+
+def parse_config(cls: type[C], argv: list[str] | None = None) -> C:
+    """``--config recipe.yaml`` plus flags -> a validated configuration of command `cls`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(cls)
+    known = {a.dest for a in parser._actions} - {"help", "config", "positional_question"}
+    path = _pop_config_path(argv)
+    recipe_argv = _yaml_to_argv(load_yaml(path), known, str(path)) if path else []
     namespace, unknown = parser.parse_known_args(recipe_argv + argv)
+    flags = [token[2:].split("=")[0] for token in unknown if token.startswith("--")]
+    if flags:
+        raise _unknown_key(flags[0], known, "command line")
     if unknown:
-        raise ConfigError(f"unknown argument(s): {' '.join(unknown)} (see `{prog} --help`)")
+        raise ConfigError(f"unexpected argument(s): {' '.join(unknown)} (see `{cls.prog} --help`)")
     values = vars(namespace)
     values.pop("config", None)
-    instances = []
-    for dtype in sections:
-        names = [f.name for f in dataclasses.fields(dtype)]
-        instances.append(dtype(**{n: values.pop(n) for n in names}))
-    return instances, values
-
-
-def parse_run_config(argv: list[str] | None = None, prog: str = "r1lite train") -> RunConfig:
-    """Parse ``--config recipe.yaml`` plus overrides into a validated RunConfig."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    sections, grpo = parse_sections(argv, prog, R1LITE_ARGS, GRPOConfig, GRPO_DEFAULTS)
-    config = RunConfig(*sections, grpo=grpo)
-    validate(config)
+    positional = values.pop("positional_question", None)
+    if positional is not None:
+        values["question"] = positional
+    kwargs: dict[str, Any] = {}
+    for name, section in cls.section_types().items():
+        kwargs[name] = section(**{f.name: values.pop(f.name) for f in dataclasses.fields(section)})
+    if cls.trl_config is not None:
+        kwargs["trl"] = values
+    config = cls(**kwargs)
+    config.validate()
     return config
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"recipe not found: {path}")
+    """A recipe file: safe YAML only (no Python objects), a flat mapping, errors with the line and column."""
+    if path.is_dir() or not path.exists():
+        raise ConfigError(f"recipe not found: {path}" + (" (a directory)" if path.is_dir() else ""))
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a flat YAML mapping of key: value")
     return data
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}: '{value}' is not one of {', '.join(choices)}")
-
-
-def validate(config: RunConfig) -> None:
-    """Combinations argparse cannot see, with messages that name the key."""
-    m, d, r, g = config.model, config.data, config.rewards, config.grpo
-    _check_choice("precision", m.precision, ("auto", "bf16", "fp16", "fp32"))
-    _check_choice("reward_set", r.reward_set, ("default", "seed"))
-    _check_choice("on_reward_error", r.on_reward_error, ("raise", "none"))
-    positive = {"lora_r": m.lora_r, "lora_alpha": m.lora_alpha, "num_generations": g["num_generations"],
-                "max_completion_length": g["max_completion_length"]}
-    for name, value in positive.items():
-        if value is not None and value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-    if d.few_shot < 0:
-        raise ConfigError(f"few_shot must be >= 0, got {d.few_shot}")
-    if g.get("max_steps", -1) == 0:
-        raise ConfigError("max_steps must be positive (or -1 to train for num_train_epochs)")
-    per_step = g["per_device_train_batch_size"] * g["gradient_accumulation_steps"]
-    if g.get("generation_batch_size") is None and per_step % g["num_generations"]:
-        raise ConfigError(
-            f"per_device_train_batch_size x gradient_accumulation_steps ({per_step}) must be divisible by "
-            f"num_generations ({g['num_generations']}): each prompt's group of completions must fit in one batch"
-        )
-    if config.run.eval_every < 0 or config.run.eval_limit <= 0:
-        raise ConfigError("eval_every must be >= 0 and eval_limit positive")
-    if m.init_adapter and not m.use_lora:
-        raise ConfigError("init_adapter needs use_lora: true (it is a LoRA adapter)")

@@ -16,6 +16,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from r1lite.errors import DataError
 from r1lite.prompts import SYSTEM_PROMPT, format_reply
 
 logger = logging.getLogger(__name__)
@@ -23,10 +24,6 @@ logger = logging.getLogger(__name__)
 HUB_GSM8K = "openai/gsm8k"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 _CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotations: 48/2 = <<48/2=24>>24
-
-
-class DataError(ValueError):
-    """A dataset r1lite cannot train or evaluate on; the message says what to do."""
 
 
 @dataclass
@@ -188,7 +185,8 @@ def prepare(
         if max_prompt_length and tokenizer is not None and _prompt_tokens(tokenizer, prompt) > max_prompt_length:
             stats.too_long += 1
             continue
-        out.append({"prompt": prompt, "answer": gold, "question": row["question"]})
+        # `solution`: the worked solution, the target of the SFT warm-up.
+        out.append({"prompt": prompt, "answer": gold, "question": row["question"], "solution": row["answer"]})
     stats.kept = len(out)
     _report(stats, source, max_prompt_length)
     if not out:

@@ -116,3 +116,27 @@ def format_table(stats: dict[str, RewardStats]) -> str:
     if notes:
         lines += ["", "Rewards with no learning signal (constant within every group), and the likely cause:", *notes]
     return "\n".join(lines)
+
+
+def rewards_check(config) -> str:
+    """Run `r1lite rewards check` (config.RewardsCheckConfig); return the table to print."""
+    from r1lite.data import load_prepared
+    from r1lite.engine import generate_replies
+    from r1lite.models import attach_adapter, for_generation, load_for_generation
+    from r1lite.rewards import import_reward
+
+    m, d, g = config.model, config.data, config.generation
+    data = load_prepared(d.dataset, d.dataset_train_split, d.prompt(), d.few_shot, d.max_train_samples, seed=g.seed)
+    model, tokenizer = load_for_generation(m, config.remote.trust_remote_code)
+    if config.check.adapter:
+        model = for_generation(attach_adapter(model, config.check.adapter))
+    # One prompt's whole group per batch, sampled as GRPO does.
+    replies = generate_replies(model, tokenizer, data["prompt"], num_generations=g.num_generations,
+                               temperature=g.temperature, top_p=g.top_p, max_completion_length=g.max_completion_length,
+                               batch_size=g.num_generations, seed=g.seed)
+    groups = [[reply.text for reply in group] for group in replies]
+    extra = {path: import_reward(path) for path in config.rewards.rewards if ":" in path or "." in path}
+    source = f"{m.model}{' + ' + config.check.adapter if config.check.adapter else ''}"
+    header = f"\n{len(groups)} prompts x {g.num_generations} completions from {source} on {d.dataset} " \
+             f"[{d.dataset_train_split}]\n"
+    return header + "\n" + format_table(check_all(data["prompt"], groups, data["answer"], extra))

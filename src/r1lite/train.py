@@ -1,15 +1,19 @@
-"""`r1lite train`: GRPO on TRL's GRPOTrainer, with a run directory a person can read afterwards.
+"""`r1lite train`: GRPO on TRL, with a run directory a person can read afterwards.
 
-A run directory holds ``config.yaml`` (the resolved recipe), ``metrics.jsonl`` (one JSON object per
-logged step, TRL's metric keys), ``samples.jsonl`` (completions with their rewards every few steps),
-``checkpoint-N/`` every ``save_steps`` and the final LoRA adapter in ``adapter/``.
+The trainer is TRL's own ``GRPOTrainer`` plus public callbacks, except on a CPU, where it is r1lite's
+``CPUFastGRPOTrainer`` (turn that off with ``cpu_fast_path: false``). A run directory holds
+``config.yaml`` (the resolved recipe), ``metrics.jsonl`` (one JSON object per logged step, TRL's metric
+keys), ``completions/`` (TRL's completion log: prompts, completions, rewards, gold answers per step),
+``checkpoint-N/`` every ``save_steps`` and the final LoRA adapter in ``adapter/``. With several processes
+(``accelerate launch``) only the main process writes these files.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +21,16 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 
 from r1lite import callbacks
-from r1lite.config import RunConfig
+from r1lite.config import OutputArgs, RunConfig, world_size
 from r1lite.data import load_prepared
-from r1lite.models import ModelError, attach_adapter, default_device, load_model, lora_config, resolve_dtype
-from r1lite.prompts import SYSTEM_PROMPT
+from r1lite.errors import ConfigError, ModelError
+from r1lite.models import attach_adapter, default_device, load_from_args, lora_config, resolve_dtype
 from r1lite.rewards import build_reward_funcs
-from r1lite.rewards.base import completion_text
-from r1lite.speed import CPUFastPathMixin, TimedGRPOMixin
+from r1lite.timing import StepTime
 
 logger = logging.getLogger(__name__)
+
+RUN_FILES = ("metrics.jsonl", "completions", "adapter", "config.yaml", "samples.jsonl")
 
 
 def adapt_to_device(grpo: dict[str, Any], precision: str, device: str) -> dict[str, Any]:
@@ -38,114 +43,72 @@ def adapt_to_device(grpo: dict[str, Any], precision: str, device: str) -> dict[s
         if grpo.get("use_vllm"):
             logger.warning("use_vllm needs a CUDA GPU here; generating with transformers instead")
             grpo["use_vllm"] = False
-        if "8bit" in str(grpo.get("optim", "")) and importlib.util.find_spec("bitsandbytes") is None:
-            logger.warning("optim %s needs bitsandbytes (CUDA); using adamw_torch on CPU", grpo["optim"])
+        if "8bit" in str(grpo.get("optim", "")):
+            logger.warning("optim %s needs a CUDA GPU (bitsandbytes); using adamw_torch on CPU", grpo["optim"])
             grpo["optim"] = "adamw_torch"
     return grpo
 
 
-def preflight(args: GRPOConfig) -> None:
-    """Fail before loading a model on what would otherwise fail deep inside TRL."""
+def build_grpo_config(config: RunConfig, device: str | None = None) -> GRPOConfig:
+    device = device or default_device()
+    return GRPOConfig(**adapt_to_device(config.trl, config.model.precision, device))
+
+
+def _sharding() -> str | None:
+    """'zero3' or 'fsdp' when accelerate launched this run with sharded parameters."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return "fsdp"
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return "zero3"
+    return None
+
+
+def preflight(args: GRPOConfig, config: RunConfig, device: str) -> None:
+    """Refuse, in one line each, the combinations that would fail deep inside TRL, vLLM or bitsandbytes."""
+    m, lora = config.model, config.lora
+    four_bit = m.load_in_4bit and device == "cuda"
     if args.use_vllm and importlib.util.find_spec("vllm") is None:
         raise ModelError("use_vllm: true needs vLLM on this machine: pip install 'r1lite[gpu]' (or set use_vllm false)")
     if "8bit" in str(args.optim) and importlib.util.find_spec("bitsandbytes") is None:
         raise ModelError(f"optim {args.optim} needs bitsandbytes: pip install 'r1lite[gpu]' (or optim adamw_torch)")
+    if four_bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("load_in_4bit needs bitsandbytes: pip install 'r1lite[gpu]' (or load_in_4bit false)")
+    if m.load_in_4bit and not lora.use_lora:
+        raise ConfigError("load_in_4bit trains a LoRA adapter on frozen 4-bit weights: set use_lora true, or "
+                          "load_in_4bit false for full fine-tuning")
+    sharding = _sharding()
+    if four_bit and sharding and not m.bnb_4bit_quant_storage:
+        raise ConfigError(f"a 4-bit base with {sharding} needs bnb_4bit_quant_storage: bfloat16 to shard; or train "
+                          "with DDP or ZeRO-2 (recipes/accelerate/ddp.yaml, zero2.yaml)")
+    if four_bit and args.use_vllm and sharding:
+        raise ConfigError(f"4-bit + vLLM + {sharding}: vLLM weight sync needs whole 4-bit layers; use DDP or ZeRO-2 "
+                          "(recipes/accelerate/zero2.yaml), or bf16 LoRA (recipes/qwen2.5-3b-gsm8k-bf16.yaml)")
+    if config.run.eval_every and sharding:
+        raise ConfigError(f"eval_every runs on the main process alone, which {sharding} cannot (every forward needs "
+                          "all processes): set eval_every 0 and run r1lite eval on the saved adapter")
 
 
-def build_grpo_config(config: RunConfig, device: str | None = None) -> GRPOConfig:
-    device = device or default_device()
-    return GRPOConfig(**adapt_to_device(config.grpo, config.model.precision, device))
+def prepare_output_dir(out: Path, output: OutputArgs, is_main: bool) -> str | None:
+    """The checkpoint to resume from (None for a fresh run), after making sure two runs never mix in `out`."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file, not a directory")
+    if output.resume:
+        return _checkpoint_to_resume(out)
+    earlier = [p.name for p in _run_files(out)]
+    if earlier and not output.overwrite:
+        raise ConfigError(f"output_dir {out} already holds a run ({', '.join(sorted(earlier)[:4])}): pass "
+                          "--resume true to continue it, --overwrite true to replace it, or another --output_dir")
+    if earlier and is_main:
+        logger.warning("overwrite: removing the earlier run's files from %s", out)
+        for path in _run_files(out):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return None
 
 
-class R1Trainer(TimedGRPOMixin, CPUFastPathMixin, GRPOTrainer):
-    """GRPOTrainer that logs time/<phase> per step, takes the CPU fast path when asked, and writes
-    sample completions with their rewards to samples.jsonl."""
-
-    def __init__(self, *args, samples_path: Path, sample_every: int, golds: dict[str, str], **kwargs):
-        super().__init__(*args, **kwargs)
-        self._samples_path = samples_path
-        self._sample_every = sample_every
-        self._golds = golds
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        step = self.state.global_step
-        if self.model.training and self._sample_every and (step == 1 or step % self._sample_every == 0):
-            self._write_samples(step)
-        super().log(logs, start_time)
-
-    def _write_samples(self, step: int, per_step: int = 2) -> None:
-        prompts, completions = list(self._logs["prompt"]), list(self._logs["completion"])
-        rewards = {name: list(values) for name, values in self._logs["rewards"].items()}
-        with self._samples_path.open("a") as f:
-            for i in range(min(per_step, len(completions))):
-                question = completion_text(prompts[i])
-                scores = {name: values[i] for name, values in rewards.items()}
-                record = {
-                    "step": step, "question": question, "gold": self._golds.get(question, ""),
-                    "completion": completion_text(completions[i]), "rewards": scores,
-                    "reward": sum(v for v in scores.values() if v == v),  # skip NaN (None rewards)
-                }
-                f.write(json.dumps(record) + "\n")
-
-
-def train(config: RunConfig) -> Path:
-    """Run GRPO as configured; return the directory of the saved adapter."""
-    out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    device = default_device()
-    args = build_grpo_config(config, device)
-    preflight(args)
-    checkpoint = _checkpoint_to_resume(out) if config.run.resume else None
-    config.save(out / "config.yaml")
-
-    m, d = config.model, config.data
-    model, tokenizer = load_model(m.model, m.precision, m.load_in_4bit, device)
-    dataset = load_prepared(
-        d.dataset, d.dataset_split, d.system_prompt if d.system_prompt is not None else SYSTEM_PROMPT,
-        d.few_shot, d.max_train_samples, tokenizer, d.max_prompt_length, args.seed,
-    )
-    peft_config = None
-    if m.init_adapter:
-        model = attach_adapter(model, m.init_adapter, trainable=True)
-    elif m.use_lora:
-        peft_config = lora_config(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
-
-    reward_funcs = build_reward_funcs(config.rewards.reward_set, config.rewards.rewards,
-                                      config.rewards.on_reward_error)
-    if args.reward_weights is not None and len(args.reward_weights) != len(reward_funcs):
-        raise ValueError(f"reward_weights has {len(args.reward_weights)} values for {len(reward_funcs)} rewards")
-    trainer = R1Trainer(
-        model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=peft_config, samples_path=out / "samples.jsonl", sample_every=config.run.sample_every,
-        cpu_fast_path=device == "cpu" and config.run.cpu_fast_path,
-        golds={row_question(p): a for p, a in zip(dataset["prompt"], dataset["answer"], strict=True)},
-    )
-    callbacks.install(trainer, out, reward_funcs, config.run.zero_std_patience, resumed_step=_step_of(checkpoint))
-    if config.run.eval_every:
-        trainer.add_callback(_periodic_eval(config, tokenizer, trainer, args.seed))
-    trainer.train(resume_from_checkpoint=checkpoint)
-    adapter_dir = out / "adapter"
-    trainer.save_model(str(adapter_dir))
-    tokenizer.save_pretrained(adapter_dir)
-    logger.info("Saved adapter to %s", adapter_dir)
-    return adapter_dir
-
-
-def _periodic_eval(config: RunConfig, tokenizer, trainer, seed: int):
-    """Held-out evaluation during training, prompted exactly as the training rows."""
-    from r1lite.evaluate import PeriodicEval
-
-    d, r = config.data, config.run
-    held_out = load_prepared(
-        d.dataset, r.eval_split, d.system_prompt if d.system_prompt is not None else SYSTEM_PROMPT, d.few_shot,
-        r.eval_limit, tokenizer, d.max_prompt_length, seed,
-    )
-    return PeriodicEval(held_out, tokenizer, r.eval_every, trainer=trainer, max_new_tokens=r.eval_max_new_tokens)
-
-
-def row_question(prompt: list[dict]) -> str:
-    """The asked question of a conversational prompt: its last message."""
-    return completion_text(prompt)
+def _run_files(out: Path) -> list[Path]:
+    if not out.is_dir():
+        return []
+    return [p for p in out.iterdir() if p.name in RUN_FILES or p.name.startswith("checkpoint-")]
 
 
 def _checkpoint_to_resume(out: Path) -> str | None:
@@ -157,5 +120,69 @@ def _checkpoint_to_resume(out: Path) -> str | None:
     return checkpoint
 
 
-def _step_of(checkpoint: str | None) -> int:
+def step_of(checkpoint: str | None) -> int:
     return int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
+
+
+def build_trainer(config: RunConfig, args: GRPOConfig, device: str, model, tokenizer, dataset) -> GRPOTrainer:
+    """TRL's GRPOTrainer, or r1lite's CPU trainer on a CPU with the fast path on."""
+    lora = config.lora
+    peft_config = None
+    if lora.init_adapter:
+        model = attach_adapter(model, lora.init_adapter, trainable=True)
+    elif lora.use_lora:
+        peft_config = lora_config(lora.lora_r, lora.lora_alpha, lora.lora_dropout, lora.lora_target_modules)
+    r = config.rewards
+    kwargs = dict(model=model, reward_funcs=build_reward_funcs(r.reward_set, r.rewards, r.on_reward_error), args=args,
+                  train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    if device == "cpu" and config.run.cpu_fast_path:
+        from r1lite.cpu_fast_path import CPUFastGRPOTrainer
+
+        return CPUFastGRPOTrainer(**kwargs)
+    trainer = GRPOTrainer(**kwargs)
+    trainer.add_callback(StepTime())
+    if args.use_vllm:
+        from r1lite.trl_compat import push_dense_weights_to_vllm
+
+        if push_dense_weights_to_vllm(trainer):
+            logger.info("vLLM weight sync: dense base + LoRA delta, the training model left unmerged")
+    return trainer
+
+
+def train(config: RunConfig) -> Path:
+    """Run GRPO as configured; return the directory of the saved adapter."""
+    out = config.output_dir
+    device = default_device()
+    args = build_grpo_config(config, device)  # sets up the process group under accelerate launch
+    preflight(args, config, device)
+    is_main = args.process_index == 0
+    checkpoint = prepare_output_dir(out, config.output, is_main)
+    if is_main:
+        config.save(out / "config.yaml")
+    logger.info("training on %s with %d process(es)", device, world_size())
+
+    m, d = config.model, config.data
+    model, tokenizer = load_from_args(m, device, bool(config.trl.get("trust_remote_code")))
+    dataset = load_prepared(d.dataset, d.dataset_train_split, d.prompt(), d.few_shot, d.max_train_samples, tokenizer,
+                            d.max_prompt_length, args.seed)
+    trainer = build_trainer(config, args, device, model, tokenizer, dataset)
+    reward_names = [f.__name__ for f in trainer.reward_funcs]
+    callbacks.install(trainer, out, reward_names, config.run.zero_std_patience, resumed_step=step_of(checkpoint))
+    if config.run.eval_every:
+        trainer.add_callback(_periodic_eval(config, tokenizer, trainer, args.seed))
+    trainer.train(resume_from_checkpoint=checkpoint)
+    adapter_dir = out / "adapter"
+    trainer.save_model(str(adapter_dir))  # the main process writes, the others take part in any gather
+    if is_main:
+        tokenizer.save_pretrained(adapter_dir)
+        logger.info("Saved adapter to %s", adapter_dir)
+    return adapter_dir
+
+
+def _periodic_eval(config: RunConfig, tokenizer, trainer, seed: int) -> callbacks.PeriodicEval:
+    """Held-out evaluation during training, prompted exactly as the training rows."""
+    d, r = config.data, config.run
+    held_out = load_prepared(d.dataset, d.dataset_test_split, d.prompt(), d.few_shot, d.max_eval_samples or 50,
+                             tokenizer, d.max_prompt_length, seed)
+    return callbacks.PeriodicEval(held_out, tokenizer, r.eval_every, trainer=trainer,
+                                  max_completion_length=r.eval_max_completion_length)

@@ -11,6 +11,7 @@ import importlib
 import logging
 from collections.abc import Callable
 
+from r1lite.errors import RewardError
 from r1lite.rewards.base import RewardFunc, completion_text
 from r1lite.rewards.corrected import CORRECTED_REWARDS
 from r1lite.rewards.seed import SEED_REWARDS
@@ -20,28 +21,27 @@ logger = logging.getLogger(__name__)
 REWARD_SETS: dict[str, dict[str, RewardFunc]] = {"default": CORRECTED_REWARDS, "seed": SEED_REWARDS}
 
 
-class RewardError(RuntimeError):
-    """A reward function that raised; names the function and the completion it failed on."""
-
-
 def import_reward(path: str) -> RewardFunc:
     """Import ``pkg.module:func`` (or ``pkg.module.func``)."""
     module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
     if not module_name or not attr:
-        raise ValueError(f"reward '{path}': expected a name from the set or a dotted path 'pkg.module:func'")
+        raise RewardError(f"reward '{path}': expected a name from the set or a dotted path 'pkg.module:func'")
     try:
-        func = getattr(importlib.import_module(module_name), attr)
+        module = importlib.import_module(module_name)
+        func = getattr(module, attr)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"reward '{path}': cannot import it ({exc})") from exc
+        raise RewardError(f"reward '{path}': cannot import it ({exc})") from exc
     if not callable(func):
-        raise ValueError(f"reward '{path}' is not callable")
+        raise RewardError(f"reward '{path}' is not callable")
+    # User code runs inside every training step: say where it came from.
+    logger.info("reward %s imported from %s", path, getattr(module, "__file__", module_name))
     return func
 
 
 def resolve_rewards(reward_set: str = "default", names: list[str] | None = None) -> list[RewardFunc]:
     """The reward functions of a recipe, in order: the whole set, or the listed names/paths."""
     if reward_set not in REWARD_SETS:
-        raise ValueError(f"reward_set '{reward_set}' is not one of {', '.join(REWARD_SETS)}")
+        raise RewardError(f"reward_set '{reward_set}' is not one of {', '.join(REWARD_SETS)}")
     registry = REWARD_SETS[reward_set]
     if not names:
         return list(registry.values())
@@ -52,7 +52,7 @@ def resolve_rewards(reward_set: str = "default", names: list[str] | None = None)
         elif ":" in name or "." in name:
             funcs.append(import_reward(name))
         else:
-            raise ValueError(f"unknown reward '{name}' in set '{reward_set}'; known: {', '.join(registry)}")
+            raise RewardError(f"unknown reward '{name}' in set '{reward_set}'; known: {', '.join(registry)}")
     return funcs
 
 
@@ -82,15 +82,19 @@ def _score_one_by_one(func, name: str, on_error: str, prompts, completions, kwar
     return scores, errors
 
 
-def guarded(func: RewardFunc, on_error: str = "raise") -> RewardFunc:
+def guarded(func: RewardFunc, on_error: str = "raise", log_gold: bool = False) -> RewardFunc:
     """Wrap a reward so a failure names itself and the completion (or scores None and is counted).
 
-    The wrapper keeps ``__name__``: TRL derives the metric keys ``rewards/<name>/mean`` from it.
+    The wrapper keeps ``__name__``: TRL derives the metric keys ``rewards/<name>/mean`` from it. With `log_gold`
+    it also adds the gold answers to TRL's completion log (``log_extra``, the ``gold`` column of
+    completions/*.parquet); one reward of a run does this, so that the column lines up with the completions.
     """
     name = getattr(func, "__name__", type(func).__name__)
 
     @functools.wraps(func)
     def wrapper(prompts, completions, **kwargs):
+        if log_gold and "log_extra" in kwargs and "answer" in kwargs:
+            kwargs["log_extra"]("gold", list(kwargs["answer"]))
         try:
             return list(func(prompts=prompts, completions=completions, **kwargs))
         except Exception as batch_exc:
@@ -107,4 +111,4 @@ def guarded(func: RewardFunc, on_error: str = "raise") -> RewardFunc:
 
 
 def build_reward_funcs(reward_set: str, names: list[str] | None, on_error: str) -> list[Callable]:
-    return [guarded(f, on_error) for f in resolve_rewards(reward_set, names)]
+    return [guarded(f, on_error, log_gold=i == 0) for i, f in enumerate(resolve_rewards(reward_set, names))]

@@ -30,6 +30,8 @@ import random
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
+from r1lite.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 OPERATORS = "+-*"
@@ -41,7 +43,7 @@ ENUMERATE_LIMIT = 250_000  # specs with at most this many problems are listed ex
 _APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
-class ArithError(ValueError):
+class ArithError(DataError):
     """A spec, dataset string or request the arith task cannot satisfy; the message says which field."""
 
 

@@ -1,0 +1,175 @@
+"""Every use of TRL's private names, fenced in one module and checked against the TRL release it was written for.
+
+TRL renames exactly these internals from one minor release to the next. Kept here, a rename breaks in one
+place, loudly (`check_trl_version` refuses any other release), instead of a patch silently ceasing to apply.
+The rest of r1lite uses TRL's public API only; the trainer used on a GPU is TRL's own GRPOTrainer.
+
+What is reached into, and why:
+- ``HookedGRPOTrainer`` wraps four private steps of ``GRPOTrainer`` (sampling, rewards, log-prob passes, the
+  rollout) with public-named hooks that r1lite's CPU trainer and phase timing override, and appends to
+  ``_metrics`` (the per-step metrics TRL averages and logs);
+- ``cpu_lm_head`` swaps ``trl.trainer.utils._ChunkedLogProbFunction`` and ``_use_triton`` for the CPU log-prob
+  path (r1lite.cpu_fast_path.CPULogProbs);
+- ``push_dense_weights_to_vllm`` replaces ``VLLMGeneration._iter_named_params`` so that a LoRA model on a 4-bit
+  base sends vLLM dense weights instead of packed 4-bit ones (r1lite.vllm_sync).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+import torch
+import trl
+from trl import GRPOTrainer
+
+from r1lite.errors import CompatError
+
+TRL_RELEASE = (1, 16)  # major, minor: the release whose internals this module was read against
+
+
+def check_trl_version(version: str | None = None) -> None:
+    """Refuse a TRL release other than the one these internals were read from."""
+    version = version or trl.__version__
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError as exc:
+        raise CompatError(f"cannot read the TRL version '{version}'") from exc
+    if major_minor != TRL_RELEASE:
+        wanted = ".".join(map(str, TRL_RELEASE))
+        raise CompatError(
+            f"r1lite's CPU trainer and vLLM weight sync were written for TRL {wanted}.x, and TRL {version} is "
+            f"installed: pip install 'trl=={wanted}.*', or train with TRL's own trainer (cpu_fast_path: false)"
+        )
+
+
+class HookedGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` with public hook points around its private steps; subclasses override the hooks only.
+
+    Hooks (each returns a context manager that the step runs inside):
+    - ``generation_context()``: sampling with transformers (not with vLLM);
+    - ``rewards_context()``: scoring a batch with every reward function;
+    - ``logprobs_context()``: the no-grad log-probability passes (old policy, reference);
+    - ``rollout_context()``: a whole rollout (generation, rewards, log-probs, advantages);
+    - ``training_step_context()``: one micro-step (rollout, loss forward and backward).
+    ``sampling_model()`` may return a model to sample from instead of the training model.
+    """
+
+    def __init__(self, *args, **kwargs):
+        check_trl_version()
+        super().__init__(*args, **kwargs)
+
+    # ---- hooks: no-ops here
+    def generation_context(self) -> AbstractContextManager:
+        return nullcontext()
+
+    def rewards_context(self) -> AbstractContextManager:
+        return nullcontext()
+
+    def logprobs_context(self) -> AbstractContextManager:
+        return nullcontext()
+
+    def rollout_context(self) -> AbstractContextManager:
+        return nullcontext()
+
+    def training_step_context(self) -> AbstractContextManager:
+        return nullcontext()
+
+    def sampling_model(self) -> torch.nn.Module | None:
+        return None
+
+    # ---- what the hooks may read or write
+    @property
+    def entropy_bonus_enabled(self) -> bool:
+        return bool(self._entropy_bonus_enabled)
+
+    def record_metric(self, name: str, value: float) -> None:
+        """Add a value to this step's training metrics; TRL averages each over the logged steps."""
+        self._metrics["train"][name].append(value)
+
+    # ---- TRL's private steps, wrapped
+    def _generate_single_turn(self, *args, **kwargs):
+        if self.use_vllm:
+            return super()._generate_single_turn(*args, **kwargs)
+        with self.generation_context(), self._sampling_from(self.sampling_model()):
+            return super()._generate_single_turn(*args, **kwargs)
+
+    def _calculate_rewards(self, *args, **kwargs):
+        with self.rewards_context():
+            return super()._calculate_rewards(*args, **kwargs)
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        if torch.is_grad_enabled():  # the loss forward: part of the training step, not a log-prob pass
+            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        with self.logprobs_context():
+            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+
+    def _prepare_inputs(self, *args, **kwargs):
+        with self.rollout_context():
+            return super()._prepare_inputs(*args, **kwargs)
+
+    def training_step(self, *args, **kwargs):
+        with self.training_step_context():
+            return super().training_step(*args, **kwargs)
+
+    @contextmanager
+    def _sampling_from(self, model: torch.nn.Module | None) -> Iterator[None]:
+        """TRL samples from `self.model_wrapped`: point it at `model` for one call."""
+        if model is None:
+            yield
+            return
+        training_model, self.model_wrapped = self.model_wrapped, model
+        try:
+            yield
+        finally:
+            self.model_wrapped = training_model
+
+
+@contextmanager
+def cpu_lm_head(log_probs_function) -> Iterator[None]:
+    """Inside this block, models with TRL's fused LM head score only the labelled positions, with
+    `log_probs_function` (an object with TRL's ``ChunkedLogProbFunction.apply`` signature)."""
+    import trl.trainer.utils as trl_utils
+
+    saved = trl_utils._ChunkedLogProbFunction, trl_utils._use_triton
+    # In trl.trainer.utils, `_use_triton` only decides whether the unlabelled positions are dropped before scoring
+    # (kept elsewhere so that accelerators that compile see one tile shape); a CPU compiles nothing.
+    trl_utils._ChunkedLogProbFunction = log_probs_function
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._ChunkedLogProbFunction, trl_utils._use_triton = saved
+
+
+def trl_log_probs_function():
+    """TRL's own fused log-prob function (what `cpu_lm_head` replaces), for the cases it still handles."""
+    import trl.trainer.utils as trl_utils
+
+    return trl_utils._ChunkedLogProbFunction
+
+
+def push_dense_weights_to_vllm(trainer: GRPOTrainer) -> bool:
+    """Make the trainer push dense weights (base + LoRA delta, dequantized where 4-bit) to vLLM at each sync,
+    without merging into the training model. Returns False (TRL's own sync stays) where that does not apply:
+    no vLLM, a model that is not PEFT LoRA, or sharded parameters (ZeRO-3/FSDP gather them for TRL's merge)."""
+    from r1lite.vllm_sync import dense_named_weights, needs_dense_sync
+
+    check_trl_version()
+    generation = getattr(trainer, "vllm_generation", None)
+    if not trainer.use_vllm or generation is None or generation._dist.is_fsdp:
+        return False
+    model = generation.model
+    if not needs_dense_sync(model) or trainer.is_deepspeed_enabled and _zero_stage(trainer) == 3:
+        return False
+
+    def rename(name: str) -> str:
+        return generation._fix_param_name_to_vllm(name, extra_prefixes=["modules_to_save.default."])
+
+    generation._iter_named_params = lambda: dense_named_weights(model, rename)
+    return True
+
+
+def _zero_stage(trainer: GRPOTrainer) -> int:
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    return int(plugin.zero_stage) if plugin is not None else 0
