@@ -12,10 +12,10 @@ def test_top_level_help(capsys):
         assert command in out
 
 
-@pytest.mark.parametrize("command", ["train", "sft", "chat", "report", "rewards"])
+@pytest.mark.parametrize("command", [["train"], ["sft"], ["chat"], ["report"], ["rewards", "check"], ["eval"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
-        main([command, "--help"])
+        main([*command, "--help"])
     assert exc.value.code == 0
     assert "usage: r1lite" in capsys.readouterr().out
 
@@ -40,19 +40,62 @@ def test_chat_with_and_without_adapter(tiny_model_dir, tmp_path, capsys, monkeyp
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    import r1lite.generate as generate
+    import r1lite.chat as chat_module
+    from r1lite.prompts import SYSTEM_PROMPT
 
     seen = []
-    real_build_prompt = generate.build_prompt
-    monkeypatch.setattr(generate, "build_prompt", lambda q, s: seen.append(s) or real_build_prompt(q, s))
+    real_build_prompt = chat_module.build_prompt
+    monkeypatch.setattr(chat_module, "build_prompt", lambda q, s: seen.append(s) or real_build_prompt(q, s))
     adapter = tmp_path / "adapter"
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                    LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
     question = "How many r's are in strawberry?"
-    assert main(["chat", "--model", str(tiny_model_dir), "--max_new_tokens", "5", question]) == 0
-    assert main(["chat", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--max_new_tokens", "5",
+    assert main(["chat", "--model", str(tiny_model_dir), "--max_completion_length", "5", question]) == 0
+    assert main(["chat", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--max_completion_length", "5",
                  question]) == 0
-    from r1lite.prompts import SYSTEM_PROMPT
-
     assert seen == [None, SYSTEM_PROMPT]  # the recipe's probe: bare template before, format prompt after
     assert capsys.readouterr().out.strip()
+
+
+def test_interactive_chat_answers_each_typed_question(tiny_model_dir, monkeypatch):
+    from r1lite.chat import chat
+    from r1lite.config import ChatConfig, parse_config
+
+    typed = iter(["What is 2 + 2?", "And 3 + 3?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    replies = []
+    chat(parse_config(ChatConfig, ["--model", str(tiny_model_dir), "--max_completion_length", "3"]), say=replies.append)
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)  # the empty line ended the chat
+
+
+def test_empty_question_is_refused(capsys):
+    assert main(["chat", "  "]) == 2
+    assert "the question is empty" in capsys.readouterr().err
+
+
+def test_rewards_check_table(tiny_model_dir, gsm8k_dir, capsys):
+    code = main(["rewards", "check", "--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir),
+                 "--max_train_samples", "2", "--num_generations", "2", "--max_completion_length", "4",
+                 "--rewards", "tests.helpers:length_reward"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "2 prompts x 2 completions" in out
+    for name in ("default.correctness", "seed.strict_format", "tests.helpers:length_reward"):
+        assert name in out, name
+
+
+def test_rewards_check_refuses_a_misspelled_reward_before_loading_a_model(capsys, monkeypatch):
+    import r1lite.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["rewards", "check", "--rewards", "corectness"]) == 2
+    assert "unknown reward 'corectness'" in capsys.readouterr().err
+
+
+def test_train_refuses_a_misspelled_reward_before_loading_a_model(capsys, monkeypatch):
+    import r1lite.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["train", "--rewards", "correctnes", "--max_steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown reward 'correctnes'" in err and "Traceback" not in err

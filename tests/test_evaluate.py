@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from r1lite.attention import GROUPED_ATTENTION
+from r1lite.callbacks import PeriodicEval
 from r1lite.cli import main
+from r1lite.config import ModelArgs
+from r1lite.engine import decode, generate_replies
+from r1lite.errors import EvalError
 from r1lite.eval_metrics import (
     majority_vote,
     metrics_table,
@@ -20,15 +24,8 @@ from r1lite.eval_metrics import (
     summarise,
     vote_key,
 )
-from r1lite.evaluate import (
-    EvalError,
-    PeriodicEval,
-    decode,
-    evaluate_model,
-    generate_replies,
-    load_for_eval,
-    run_name,
-)
+from r1lite.evaluate import evaluate_model, run_name
+from r1lite.models import load_for_generation
 from r1lite.prompts import SYSTEM_PROMPT
 
 GOOD = "<reasoning>\nJanet sells 16 - 3 - 4 = 9 eggs.\nShe makes 9 * 2 = 18.\n</reasoning>\n<answer>\n18\n</answer>\n"
@@ -160,7 +157,7 @@ def test_run_name(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    model, tokenizer = load_for_eval(str(tiny_model_dir), "fp32")
+    model, tokenizer = load_for_generation(ModelArgs(model=str(tiny_model_dir), precision="fp32"))
     assert model.config._attn_implementation == GROUPED_ATTENTION
     # Random weights this small give every prompt the same reply; larger ones make replies prompt-dependent.
     with torch.no_grad():
@@ -189,8 +186,8 @@ def _hf_generate(model, tokenizer, prompt, max_new_tokens, eos):
 def test_batched_generation_equals_one_at_a_time(tiny, questions):
     model, tokenizer = tiny
     prompts = questions["prompt"]
-    batched = generate_replies(model, tokenizer, prompts, max_new_tokens=10, batch_size=5, progress=False)
-    single = generate_replies(model, tokenizer, prompts, max_new_tokens=10, batch_size=1, progress=False)
+    batched = generate_replies(model, tokenizer, prompts, max_completion_length=10, batch_size=5, progress=False)
+    single = generate_replies(model, tokenizer, prompts, max_completion_length=10, batch_size=1, progress=False)
     assert batched == single  # left padding, masks and the grouped attention change nothing in fp32
     assert len({group[0].text for group in batched}) > 1
 
@@ -204,8 +201,8 @@ def test_decode_drops_finished_rows_and_matches_generate(tiny, questions):
 
     def run(eos: int) -> list[list[int]]:
         with torch.inference_mode():
-            return decode(model, batch["input_ids"], batch["attention_mask"], num_samples=1, temperature=0.0,
-                          top_p=1.0, max_new_tokens=12, eos=[eos])
+            return decode(model, batch["input_ids"], batch["attention_mask"], num_generations=1, temperature=0.0,
+                          top_p=1.0, max_completion_length=12, eos=[eos])
 
     # Declare a token the first reply writes early to be end-of-sequence: that row leaves the batch mid-way.
     eos = run(eos=len(tokenizer) + 1)[0][3]
@@ -223,7 +220,7 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny, questions):
     model, tokenizer = tiny
     state = torch.random.get_rng_state()
     # A high temperature: the scaled-up weights make replies near-certain at 1.0.
-    settings = dict(num_samples=3, temperature=100.0, max_new_tokens=6, batch_size=6, progress=False)
+    settings = dict(num_generations=3, temperature=100.0, max_completion_length=6, batch_size=6, progress=False)
     prompts = questions["prompt"][:2]
     first = generate_replies(model, tokenizer, prompts, seed=1, **settings)
     assert torch.equal(torch.random.get_rng_state(), state)
@@ -235,7 +232,7 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny, questions):
 def test_evaluate_model_restores_training_mode(tiny, questions):
     model, tokenizer = tiny
     model.train()
-    result = evaluate_model(model, tokenizer, questions, max_new_tokens=4, progress=False)
+    result = evaluate_model(model, tokenizer, questions, max_completion_length=4, progress=False)
     assert model.training
     assert result.metrics["n"] == 5 and [r["index"] for r in result.records] == list(range(5))
     assert result.records[0]["gold"] == questions[0]["answer"]
@@ -245,7 +242,7 @@ def test_evaluate_model_restores_training_mode(tiny, questions):
 def test_generation_settings_are_checked(tiny, questions):
     model, tokenizer = tiny
     with pytest.raises(EvalError, match="temperature"):
-        evaluate_model(model, tokenizer, questions, num_samples=2, temperature=0.0)
+        evaluate_model(model, tokenizer, questions, num_generations=2, temperature=0.0)
     with pytest.raises(EvalError, match="no questions"):
         evaluate_model(model, tokenizer, [])
 
@@ -260,7 +257,7 @@ def test_periodic_eval_logs_eval_metrics_and_keeps_training_mode(tiny_model_dir,
     logged = []
     trainer = SimpleNamespace(callback_handler=SimpleNamespace(on_log=lambda a, s, c, logs: logged.append(logs)))
     callback = PeriodicEval(questions, AutoTokenizer.from_pretrained(tiny_model_dir), every=2, trainer=trainer,
-                            max_new_tokens=4, batch_size=8)
+                            max_completion_length=4, batch_size=8)
     state, control = TrainerState(), TrainerControl()
     for step in (1, 2, 3):
         state.global_step = step
@@ -284,12 +281,12 @@ def _eval(capsys, *args) -> tuple[int, str, str]:
 
 def test_eval_writes_summary_and_per_question_files(tiny_model_dir, gsm8k_dir, tmp_path, capsys):
     output = tmp_path / "out" / "tiny.json"
-    code, out, _ = _eval(capsys, "--model", tiny_model_dir, "--dataset", gsm8k_dir, "--limit", 4,
-                         "--max_new_tokens", 8, "--output", output)
+    code, out, _ = _eval(capsys, "--model", tiny_model_dir, "--dataset", gsm8k_dir, "--max_eval_samples", 4,
+                         "--max_completion_length", 8, "--output", output)
     assert code == 0 and "accuracy_strict" in out
     summary = json.loads(output.read_text())
-    assert set(summary) == {"settings", "metrics", "seconds", "records"}
-    assert summary["settings"]["temperature"] == 0.0 and summary["settings"]["split"] == "test"
+    assert set(summary) == {"settings", "backend", "metrics", "seconds", "records"} and summary["backend"] == "hf"
+    assert summary["settings"]["temperature"] == 0.0 and summary["settings"]["dataset_test_split"] == "test"
     assert set(summary["metrics"]) == {"n", "num_samples", "accuracy_strict", "accuracy_lenient", "format_strict",
                                        "format_soft", "mean_completion_tokens", "clipped_ratio"}
     assert summary["metrics"]["n"] == 4 and 0 < summary["metrics"]["mean_completion_tokens"] <= 8
@@ -301,8 +298,8 @@ def test_eval_writes_summary_and_per_question_files(tiny_model_dir, gsm8k_dir, t
 
 def test_eval_with_samples_reports_pass_at_k(tiny_model_dir, gsm8k_dir, tmp_path, capsys):
     output = tmp_path / "sampled.json"
-    code, out, _ = _eval(capsys, "--model", tiny_model_dir, "--dataset", gsm8k_dir, "--limit", 2,
-                         "--max_new_tokens", 4, "--num_samples", 2, "--output", output)
+    code, out, _ = _eval(capsys, "--model", tiny_model_dir, "--dataset", gsm8k_dir, "--max_eval_samples", 2,
+                         "--max_completion_length", 4, "--num_generations", 2, "--output", output)
     assert code == 0
     summary = json.loads(output.read_text())
     assert summary["settings"]["temperature"] == 0.8
@@ -315,7 +312,8 @@ def test_eval_with_samples_reports_pass_at_k(tiny_model_dir, gsm8k_dir, tmp_path
 )
 def test_eval_prompting_options(tiny_model_dir, gsm8k_dir, tmp_path, capsys, prompt_args, system_prompt):
     output = tmp_path / "prompted.json"
-    code, _, _ = _eval(capsys, "--model", tiny_model_dir, "--dataset", gsm8k_dir, "--limit", 1, "--max_new_tokens", 2,
+    code, _, _ = _eval(capsys, "--model", tiny_model_dir, "--dataset", gsm8k_dir, "--max_eval_samples", 1,
+                       "--max_completion_length", 2,
                        "--few_shot", 1, "--output", output, *prompt_args)
     assert code == 0
     settings = json.loads(output.read_text())["settings"]
@@ -341,11 +339,11 @@ def test_eval_baseline_writes_a_side_by_side_table(tiny_model_dir, gsm8k_dir, tm
     adapter = _save_adapter(tiny_model_dir, tmp_path / "run" / "adapter")
     output = tmp_path / "cmp.json"
     code, out, _ = _eval(capsys, "--model", tiny_model_dir, "--adapter", adapter, "--baseline", "--dataset",
-                         gsm8k_dir, "--limit", 3, "--max_new_tokens", 6, "--output", output)
+                         gsm8k_dir, "--max_eval_samples", 3, "--max_completion_length", 6, "--output", output)
     assert code == 0
     assert "| metric | base | adapter | difference |" in out
     summary = json.loads(output.read_text())
-    assert set(summary) == {"settings", "base", "adapter", "difference", "table"}
+    assert set(summary) == {"settings", "backend", "base", "adapter", "difference", "table"}
     assert summary["difference"]["accuracy_strict"] == pytest.approx(
         summary["adapter"]["metrics"]["accuracy_strict"] - summary["base"]["metrics"]["accuracy_strict"])
     assert (tmp_path / "cmp.md").read_text().count("|") > 10
@@ -359,7 +357,7 @@ def test_eval_default_output_is_named_after_the_adapter(tiny_model_dir, gsm8k_di
     adapter = _save_adapter(tiny_model_dir, tmp_path / "demo" / "adapter")
     monkeypatch.chdir(tmp_path)
     code, _, _ = _eval(capsys, "--model", tiny_model_dir, "--adapter", adapter, "--dataset", gsm8k_dir,
-                       "--limit", 1, "--max_new_tokens", 2)
+                       "--max_eval_samples", 1, "--max_completion_length", 2)
     assert code == 0
     assert (tmp_path / "eval" / "demo-adapter.json").is_file() and (tmp_path / "eval" / "demo-adapter.jsonl").is_file()
 
@@ -372,9 +370,9 @@ def _jsonl(path, rows):
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
-        (lambda tmp, model, data: ["--dataset", data, "--limit", 0], "--limit must be positive"),
-        (lambda tmp, model, data: ["--dataset", data, "--baseline"], "--adapter"),
-        (lambda tmp, model, data: ["--dataset", data, "--num_samples", 2, "--temperature", 0], "temperature"),
+        (lambda tmp, model, data: ["--dataset", data, "--max_eval_samples", 0], "max_eval_samples must be positive"),
+        (lambda tmp, model, data: ["--dataset", data, "--baseline"], "pass --adapter"),
+        (lambda tmp, model, data: ["--dataset", data, "--num_generations", 2, "--temperature", 0], "temperature"),
         (lambda tmp, model, data: ["--dataset", _jsonl(tmp / "empty.jsonl", [])], "empty.jsonl"),
         (lambda tmp, model, data: ["--dataset", _jsonl(tmp / "nogold.jsonl", [{"question": "1+1?", "answer": "2"}])],
          "####"),
@@ -382,12 +380,12 @@ def _jsonl(path, rows):
          "does not fit"),
         (lambda tmp, model, data: ["--dataset", data, "--adapter", tmp], "not a LoRA adapter"),
     ],
-    ids=["limit-0", "baseline-without-adapter", "greedy-samples", "empty-file", "no-gold", "mismatched-adapter",
-         "not-an-adapter"],
+    ids=["max-eval-samples-0", "baseline-without-adapter", "greedy-samples", "empty-file", "no-gold",
+         "mismatched-adapter", "not-an-adapter"],
 )
 def test_eval_errors_exit_2_with_a_message(tiny_model_dir, gsm8k_dir, tmp_path, capsys, make_args, message):
     args = make_args(tmp_path, tiny_model_dir, gsm8k_dir)
-    code, _, err = _eval(capsys, "--model", tiny_model_dir, "--max_new_tokens", 2, "--limit", 1,
+    code, _, err = _eval(capsys, "--model", tiny_model_dir, "--max_completion_length", 2, "--max_eval_samples", 1,
                          "--output", tmp_path / "e.json", *args)
     assert code == 2
     assert "r1lite eval: error:" in err and message in err

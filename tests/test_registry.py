@@ -44,12 +44,12 @@ def test_dotted_paths_and_subsets():
     ],
 )
 def test_bad_reward_names(names, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(RewardError, match=match):
         resolve_rewards("default", names)
 
 
 def test_unknown_set():
-    with pytest.raises(ValueError, match="reward_set 'best'"):
+    with pytest.raises(RewardError, match="reward_set 'best'"):
         resolve_rewards("best")
 
 

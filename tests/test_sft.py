@@ -2,14 +2,19 @@
 
 import pytest
 
-from r1lite.data import DataError
+from r1lite.data import DataError, prepare
 from r1lite.prompts import SYSTEM_PROMPT
 from r1lite.rewards.corrected import strict_format_reward
 from r1lite.sft import sft, sft_rows
 
 
+def _sft_rows(rows, few_shot=0, seed=0):
+    dataset, _ = prepare(rows, SYSTEM_PROMPT, few_shot, seed=seed)
+    return sft_rows(dataset)
+
+
 def test_rows_are_training_prompts_with_target_replies(gsm8k_rows):
-    rows = sft_rows(gsm8k_rows[:5])
+    rows = _sft_rows(gsm8k_rows[:5])
     assert len(rows) == 5
     first = rows[0]
     assert first["prompt"] == [{"role": "system", "content": SYSTEM_PROMPT},
@@ -26,29 +31,38 @@ def test_rows_are_training_prompts_with_target_replies(gsm8k_rows):
 
 
 def test_unusable_rows_are_dropped_and_none_left_is_an_error(gsm8k_rows):
-    rows = sft_rows(gsm8k_rows[:2] + [{"question": "q", "answer": "no marker"}, {"answer": "#### 1"}])
+    rows = _sft_rows(gsm8k_rows[:2] + [{"question": "q", "answer": "no marker"}, {"answer": "#### 1"}])
     assert len(rows) == 2
-    with pytest.raises(DataError, match="no rows"):
-        sft_rows([{"question": "q", "answer": "no marker"}])
+    with pytest.raises(DataError, match="no usable rows"):
+        _sft_rows([{"question": "q", "answer": "no marker"}])
 
 
-def test_few_shot_examples_never_repeat_the_question(gsm8k_rows):
-    for row in sft_rows(gsm8k_rows[:6], few_shot=2, seed=1):
+def test_few_shot_examples_are_drawn_as_in_training(gsm8k_rows):
+    grpo_rows, _ = prepare(gsm8k_rows[:6], SYSTEM_PROMPT, 2, seed=1)
+    sft = _sft_rows(gsm8k_rows[:6], few_shot=2, seed=1)
+    assert [row["prompt"] for row in sft] == grpo_rows["prompt"]  # the same examples GRPO would show
+    for row in sft:
         users = [m["content"] for m in row["prompt"] if m["role"] == "user"]
         assert len(users) == 3 and users[-1] not in users[:-1]
 
 
 @pytest.mark.slow
-def test_sft_writes_an_adapter_that_train_can_start_from(tiny_model_dir, gsm8k_dir, tmp_path):
-    from r1lite.config import parse_run_config
+def test_sft_writes_an_adapter_and_config_that_train_can_start_from(tiny_model_dir, gsm8k_dir, tmp_path):
+    import yaml
+
+    from r1lite.config import RunConfig, SFTRunConfig, parse_config
     from r1lite.train import train
 
-    adapter = sft(["--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"),
-                   "--max_train_samples", "8", "--max_steps", "2", "--per_device_train_batch_size", "4",
-                   "--lora_r", "4", "--precision", "fp32", "--output_dir", str(tmp_path / "sft"),
-                   "--gradient_checkpointing", "false"])
+    adapter = sft(parse_config(SFTRunConfig, [
+        "--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--max_train_samples", "8",
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--lora_r", "4", "--precision", "fp32",
+        "--output_dir", str(tmp_path / "sft"), "--gradient_checkpointing", "false"]))
     assert (adapter / "adapter_model.safetensors").is_file()
-    out = train(parse_run_config([
+    saved = yaml.safe_load((tmp_path / "sft" / "config.yaml").read_text())
+    assert saved["max_steps"] == 2 and saved["lora_r"] == 4 and saved["max_train_samples"] == 8
+    records = (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()
+    assert len([r for r in records if '"loss"' in r]) == 2
+    out = train(parse_config(RunConfig, [
         "--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--init_adapter", str(adapter),
         "--max_train_samples", "8", "--max_steps", "1", "--per_device_train_batch_size", "4",
         "--num_generations", "4", "--max_completion_length", "8", "--precision", "fp32",

@@ -119,7 +119,8 @@ def _adapter_rank(adapter: str | None) -> int:
 def eval_command(config: EvalConfig) -> str:
     """Run `r1lite eval`; return what to print (the metrics table and where the files went)."""
     m, d, e = config.model, config.data, config.eval
-    settings = {**asdict(m), **asdict(d), **asdict(config.generation), **asdict(e)}
+    settings = {**asdict(m), **asdict(d), **asdict(config.generation), **asdict(e),
+                "system_prompt": config.system_prompt()}  # the prompt used, resolved
     # The questions first: a bad dataset fails in seconds, before a model is loaded.
     dataset = load_prepared(d.dataset, d.dataset_test_split, config.system_prompt(), d.few_shot, d.max_eval_samples,
                             seed=config.generation.seed)

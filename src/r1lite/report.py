@@ -99,9 +99,9 @@ def collect_series(records: list[dict[str, Any]]) -> dict[str, Series]:
 def _load_metrics(run_dir: Path) -> tuple[dict[str, Series], dict[str, float], int]:
     path = run_dir / "metrics.jsonl"
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
+        raise ReportError(f"run directory not found: {run_dir}")
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ReportError(
             f"{path} not found: pass the output_dir of an `r1lite train` run (metrics.jsonl is written "
             "from the first logged step on)"
         )

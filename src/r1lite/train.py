@@ -139,13 +139,16 @@ def build_trainer(config: RunConfig, args: GRPOConfig, device: str, model, token
         from r1lite.cpu_fast_path import CPUFastGRPOTrainer
 
         return CPUFastGRPOTrainer(**kwargs)
-    trainer = GRPOTrainer(**kwargs)
-    trainer.add_callback(StepTime())
-    if args.use_vllm:
-        from r1lite.trl_compat import push_dense_weights_to_vllm
+    if not args.use_vllm:
+        trainer = GRPOTrainer(**kwargs)
+    else:
+        from r1lite.trl_compat import dense_vllm_engine, push_dense_weights_to_vllm
 
+        with dense_vllm_engine():
+            trainer = GRPOTrainer(**kwargs)
         if push_dense_weights_to_vllm(trainer):
             logger.info("vLLM weight sync: dense base + LoRA delta, the training model left unmerged")
+    trainer.add_callback(StepTime())
     return trainer
 
 

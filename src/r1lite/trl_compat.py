@@ -11,7 +11,8 @@ What is reached into, and why:
 - ``cpu_lm_head`` swaps ``trl.trainer.utils._ChunkedLogProbFunction`` and ``_use_triton`` for the CPU log-prob
   path (r1lite.cpu_fast_path.CPULogProbs);
 - ``push_dense_weights_to_vllm`` replaces ``VLLMGeneration._iter_named_params`` so that a LoRA model on a 4-bit
-  base sends vLLM dense weights instead of packed 4-bit ones (r1lite.vllm_sync).
+  base sends vLLM dense weights instead of packed 4-bit ones (r1lite.vllm_sync), and ``dense_vllm_engine``
+  hides bitsandbytes from ``trl.generation.vllm_generation`` while the trainer starts its colocated engine.
 """
 
 from __future__ import annotations
@@ -152,24 +153,41 @@ def trl_log_probs_function():
 def push_dense_weights_to_vllm(trainer: GRPOTrainer) -> bool:
     """Make the trainer push dense weights (base + LoRA delta, dequantized where 4-bit) to vLLM at each sync,
     without merging into the training model. Returns False (TRL's own sync stays) where that does not apply:
-    no vLLM, a model that is not PEFT LoRA, or sharded parameters (ZeRO-3/FSDP gather them for TRL's merge)."""
+    no vLLM, a model that is not PEFT LoRA, or FSDP.
+
+    TRL's sync merges the adapter into the 4-bit layers in place and pushes their packed uint8 data, which vLLM
+    rejects (TRL issues #4973, #3654), and the merge/unmerge round trip re-quantizes the frozen base every step.
+    Both colocate and server mode read the weights through ``VLLMGeneration._iter_named_params``."""
     from r1lite.vllm_sync import dense_named_weights, needs_dense_sync
 
     check_trl_version()
     generation = getattr(trainer, "vllm_generation", None)
-    if not trainer.use_vllm or generation is None or generation._dist.is_fsdp:
+    if not trainer.use_vllm or generation is None or generation._dist.is_fsdp or not needs_dense_sync(generation.model):
         return False
     model = generation.model
-    if not needs_dense_sync(model) or trainer.is_deepspeed_enabled and _zero_stage(trainer) == 3:
-        return False
 
-    def rename(name: str) -> str:
-        return generation._fix_param_name_to_vllm(name, extra_prefixes=["modules_to_save.default."])
+    def iter_named_params():
+        # A no-op except under ZeRO-3, where it gathers the shards; every process iterates (a collective).
+        with generation._dist.gather_params(list(model.parameters())):
+            yield from dense_named_weights(model, rename=generation._fix_param_name_to_vllm)
 
-    generation._iter_named_params = lambda: dense_named_weights(model, rename)
+    generation._iter_named_params = iter_named_params
+    generation._weight_metadata = None  # server mode: describe the dense shapes and dtypes, not TRL's
     return True
 
 
-def _zero_stage(trainer: GRPOTrainer) -> int:
-    plugin = trainer.accelerator.state.deepspeed_plugin
-    return int(plugin.zero_stage) if plugin is not None else 0
+@contextmanager
+def dense_vllm_engine() -> Iterator[None]:
+    """While a GRPOTrainer is built: start a colocated vLLM engine on the dense checkpoint even when the training
+    model is 4-bit. TRL would start it with bitsandbytes quantization, into which dense weights cannot be loaded
+    (and which vLLM 0.28+ only has through a plugin). Costs vLLM a 16-bit copy of the weights."""
+    import trl.generation.vllm_generation as vllm_generation
+
+    check_trl_version()
+    saved = vllm_generation.is_bitsandbytes_available
+    vllm_generation.is_bitsandbytes_available = lambda: False  # what TRL consults to pick quantization="bitsandbytes"
+    try:
+        yield
+    finally:
+        vllm_generation.is_bitsandbytes_available = saved
+

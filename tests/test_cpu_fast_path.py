@@ -1,5 +1,5 @@
-"""The CPU fast path: merged generation samples from the same model, settings respect the user, and every
-GRPO step logs where its time went."""
+"""The CPU trainer: merged generation samples from the same model, each part of the fast path provably engages,
+the plain trainer is TRL's own, and every step logs where its time went."""
 
 import json
 
@@ -10,16 +10,11 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 from r1lite.attention import GROUPED_ATTENTION
+from r1lite.cpu_fast_path import FAST_PATH_PARTS, CPUFastGRPOTrainer, CPULogProbs, fast_sampling
 from r1lite.data import prepare
-from r1lite.models import lora_config
-from r1lite.speed import (
-    PHASES,
-    CPUFastPathMixin,
-    TimedGRPOMixin,
-    lora_layers,
-    merged_copy,
-    sync_merged,
-)
+from r1lite.models import lora_config, lora_layers, merged_copy, refresh_merged
+from r1lite.timing import PHASES
+from r1lite.trl_compat import cpu_lm_head, trl_log_probs_function
 from tests.helpers import length_reward
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -50,8 +45,7 @@ def test_merged_copy_computes_what_the_adapter_computes(lora_model):
     layers = lora_layers(lora_model)
     assert layers and len(layers) == 2 * len(TARGETS)  # 2 layers in the tiny llama
     merged = merged_copy(lora_model)
-    assert merged.config._attn_implementation == GROUPED_ATTENTION  # it only generates, on a CPU
-    sync_merged(merged, layers)
+    refresh_merged(merged, layers)
     torch.testing.assert_close(_logits(merged, ids), _logits(lora_model, ids), atol=1e-5, rtol=1e-4)
     # The training model keeps its own, unmerged weights.
     assert all(torch.equal(p, base_before[n]) for n, p in lora_model.named_parameters() if "lora" not in n)
@@ -67,7 +61,7 @@ def test_sync_follows_adapter_updates(lora_model):
             if "lora_A" in name:
                 param.mul_(2.0)  # an optimizer step's worth of change
     assert not torch.allclose(_logits(merged, ids), _logits(lora_model, ids), atol=1e-4)
-    sync_merged(merged, layers)
+    refresh_merged(merged, layers)
     torch.testing.assert_close(_logits(merged, ids), _logits(lora_model, ids), atol=1e-5, rtol=1e-4)
 
 
@@ -77,7 +71,7 @@ def test_merged_copy_does_not_run_the_training_model(lora_model):
     # GRPOTrainer patches the base model's forward with a closure over that very model.
     add_fused_lm_head(lora_model.get_base_model())
     merged = merged_copy(lora_model)
-    sync_merged(merged, lora_layers(lora_model))
+    refresh_merged(merged, lora_layers(lora_model))
     calls = []
     lora_model.get_base_model().lm_head.register_forward_hook(lambda *args: calls.append(1))
     ids = torch.randint(0, 1000, (2, 12))
@@ -93,69 +87,130 @@ def test_lora_layers_refuses_what_it_cannot_merge(tiny_model_dir):
 # ----------------------------------------------------------------------------------------------- timing
 
 
-class _TimedTrainer(TimedGRPOMixin, CPUFastPathMixin, GRPOTrainer):
-    pass
+def _grpo_args(out, **overrides):
+    return GRPOConfig(**{
+        "output_dir": str(out), "use_cpu": True, "bf16": False, "max_steps": 2, "per_device_train_batch_size": 4,
+        "num_generations": 4, "max_completion_length": 8, "learning_rate": 1e-2, "beta": 0.04,
+        "gradient_checkpointing": False, "logging_steps": 1, "report_to": "none", "save_strategy": "no", "seed": 0,
+        **overrides,
+    })
 
 
 @pytest.fixture(scope="module")
-def timed_run(tmp_path_factory, tiny_model_dir, gsm8k_rows):
+def fast_run(tmp_path_factory, tiny_model_dir, gsm8k_rows):
+    import r1lite.attention as attention
+
     dataset, _ = prepare(gsm8k_rows[:16])
-    args = GRPOConfig(
-        output_dir=str(tmp_path_factory.mktemp("timed")), use_cpu=True, bf16=False, max_steps=2,
-        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, learning_rate=1e-2,
-        beta=0.04, gradient_checkpointing=False, logging_steps=1, report_to="none", save_strategy="no", seed=0,
-    )
-    trainer = _TimedTrainer(
-        model=str(tiny_model_dir), reward_funcs=[length_reward], args=args, train_dataset=dataset,
-        peft_config=lora_config(4, 8, 0.0, TARGETS), cpu_fast_path=True,
-    )
-    trainer.train()
+    # Count the calls of each part: a renamed TRL internal would make a part silently stop applying.
+    calls = {"grouped_attention": 0}
+    real = attention.grouped_attention
+
+    def counted(*args, **kwargs):
+        calls["grouped_attention"] += 1
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention, "grouped_attention", counted)  # what use_grouped_attention registers
+        trainer = CPUFastGRPOTrainer(
+            model=str(tiny_model_dir), reward_funcs=[length_reward], args=_grpo_args(tmp_path_factory.mktemp("fast")),
+            train_dataset=dataset, peft_config=lora_config(4, 8, 0.0, TARGETS),
+        )
+        trainer.train()
+    attention.use_grouped_attention(trainer.model)  # register the real function again for later tests
+    trainer.test_calls = calls
     return trainer
 
 
-def test_every_step_logs_its_phase_times(timed_run):
-    steps = [record for record in timed_run.state.log_history if "reward" in record]
+def test_every_step_logs_its_phase_times(fast_run):
+    steps = [record for record in fast_run.state.log_history if "reward" in record]
     assert len(steps) == 2
     for record in steps:
         times = {phase: record[f"time/{phase}"] for phase in PHASES}
-        assert all(seconds >= 0 for seconds in times.values()), times
         # beta > 0: the reference pass runs, so every phase took some time.
         assert all(times[p] > 0 for p in ("generation", "rewards", "logprobs", "backward", "optimizer")), times
         parts = sum(times[p] for p in PHASES if p != "step")
         assert parts <= times["step"] * 1.01, times
 
 
-def test_generation_used_the_merged_copy(timed_run):
-    assert timed_run._merged_model is not None
-    assert timed_run._merged_at_step == 1  # refreshed for the second step's rollout
-    assert timed_run.model_wrapped is not timed_run._merged_model  # restored after generating
-    assert timed_run.model.config._attn_implementation == GROUPED_ATTENTION  # in the loss passes too
-    assert torch.multinomial.__module__ == "torch"  # fast_sampling restored it
+def test_every_part_of_the_fast_path_engaged(fast_run):
+    assert fast_run.parts == FAST_PATH_PARTS
+    # merged generation: a copy made once, refreshed once per step's rollout, and never left in place.
+    assert fast_run.merged_model is not None and fast_run.merge_refreshes == 2
+    assert fast_run.model_wrapped is not fast_run.merged_model
+    # fast sampling: one inverse-CDF draw per decoding step (8 tokens at most, 2 steps), torch restored after.
+    assert 2 <= fast_run.sampler.calls <= 2 * 8 and torch.multinomial.__module__ == "torch"
+    # CPU log-probs: the reference pass and the loss forward of each of the 2 steps.
+    assert fast_run.log_probs.calls >= 4
+    # grouped attention, in sampling and in the loss passes.
+    assert fast_run.test_calls["grouped_attention"] > 0
+    assert fast_run.model.config._attn_implementation == GROUPED_ATTENTION
 
 
-def test_train_logs_phase_times_to_metrics_jsonl(tmp_path, tiny_model_dir, gsm8k_dir):
-    from r1lite import train as train_module
-    from r1lite.config import parse_run_config
+def test_no_part_engages_when_left_out(tmp_path, tiny_model_dir, gsm8k_rows):
+    dataset, _ = prepare(gsm8k_rows[:8])
+    trainer = CPUFastGRPOTrainer(
+        model=str(tiny_model_dir), reward_funcs=[length_reward], args=_grpo_args(tmp_path, max_steps=1),
+        train_dataset=dataset, peft_config=lora_config(4, 8, 0.0, TARGETS), parts=(),
+    )
+    trainer.train()
+    assert trainer.merged_model is None and trainer.sampler.calls == 0 and trainer.log_probs.calls == 0
+    assert trainer.model.config._attn_implementation != GROUPED_ATTENTION
+    with pytest.raises(ValueError, match="unknown fast-path parts"):
+        CPUFastGRPOTrainer(model=str(tiny_model_dir), reward_funcs=[length_reward], args=_grpo_args(tmp_path),
+                           train_dataset=dataset, parts=("warp_drive",))
 
-    assert issubclass(train_module.R1Trainer, TimedGRPOMixin)
-    argv = [
-        "--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--output_dir", str(tmp_path),
+
+def _train_argv(tiny_model_dir, gsm8k_dir, out, *extra):
+    return [
+        "--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--output_dir", str(out),
         "--max_train_samples", "8", "--max_steps", "1", "--precision", "fp32", "--per_device_train_batch_size", "4",
         "--num_generations", "4", "--max_completion_length", "8", "--lora_r", "4", "--lora_alpha", "8",
-        "--rewards", "tests.helpers:length_reward", "--seed", "0",
+        "--rewards", "tests.helpers:length_reward", "--seed", "0", *extra,
     ]
-    train_module.train(parse_run_config(argv))
+
+
+@pytest.mark.parametrize("fast_path, trainer_class", [("true", CPUFastGRPOTrainer), ("false", GRPOTrainer)])
+def test_train_picks_the_trainer_and_logs_step_times(tmp_path, tiny_model_dir, gsm8k_dir, monkeypatch, fast_path,
+                                                     trainer_class):
+    from r1lite import train as train_module
+    from r1lite.config import RunConfig, parse_config
+
+    built = []
+    real_build = train_module.build_trainer
+    monkeypatch.setattr(train_module, "build_trainer", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    train_module.train(parse_config(RunConfig, _train_argv(tiny_model_dir, gsm8k_dir, tmp_path,
+                                                          "--cpu_fast_path", fast_path)))
+    assert type(built[0]) is trainer_class  # exactly TRL's class when the fast path is off
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in records if "reward" in r)
-    assert all(step[f"time/{phase}"] >= 0 for phase in PHASES)
+    assert step["time/step"] > 0
+    phases = {f"time/{p}" for p in PHASES if p != "step"}
+    assert phases <= set(step) if fast_path == "true" else not phases & set(step)
+
+
+def test_trl_internals_are_fenced_in_one_module():
+    """Only r1lite.trl_compat names TRL's private members; the version check refuses other releases."""
+    import re
+    from pathlib import Path
+
+    from r1lite.errors import CompatError
+    from r1lite.trl_compat import check_trl_version
+
+    source = Path(__file__).resolve().parents[1] / "src" / "r1lite"
+    private = re.compile(r"\._(metrics|logs|generate_single_turn|calculate_rewards|get_per_token_logps|prepare_inputs|"
+                         r"ChunkedLogProbFunction|use_triton|entropy_bonus|iter_named_params|fix_param_name)")
+    offenders = [p.name for p in source.rglob("*.py") if p.name != "trl_compat.py" and private.search(p.read_text())]
+    assert not offenders
+    check_trl_version("1.16.3")
+    for other in ("1.17.0", "1.15.2", "2.0.0"):
+        with pytest.raises(CompatError, match="written for TRL 1.16"):
+            check_trl_version(other)
 
 
 @pytest.mark.parametrize("entropy_grad", [False, True])
 def test_cpu_lm_head_computes_what_trls_fused_head_computes(tiny_model_dir, entropy_grad):
     import trl.trainer.utils as trl_utils
     from trl.trainer.utils import add_fused_lm_head
-
-    from r1lite.speed import CPULogProbs, cpu_lm_head
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -173,10 +228,12 @@ def test_cpu_lm_head_computes_what_trls_fused_head_computes(tiny_model_dir, entr
         return [out.log_probs.detach(), out.entropy.detach()] + [p.grad.clone() for p in model.parameters()]
 
     reference = run()
-    with cpu_lm_head(entropy_grad):
-        assert isinstance(trl_utils._ChunkedLogProbFunction, CPULogProbs)
+    log_probs = CPULogProbs(trl_log_probs_function(), entropy_grad)
+    with cpu_lm_head(log_probs):
+        assert trl_utils._ChunkedLogProbFunction is log_probs
         ours = run()
-    assert not isinstance(trl_utils._ChunkedLogProbFunction, CPULogProbs)  # restored
+    assert log_probs.calls == 1  # it did the scoring, not TRL's function
+    assert trl_utils._ChunkedLogProbFunction is not log_probs  # restored
     assert reference[0][0, 30:].eq(0).all() and ours[0][0, 30:].eq(0).all()
     for a, b in zip(reference, ours, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -184,8 +241,6 @@ def test_cpu_lm_head_computes_what_trls_fused_head_computes(tiny_model_dir, entr
 
 def test_cpu_lm_head_chunks_agree_and_hand_other_outputs_to_trl():
     from trl.kernels import ChunkedLogProbFunction
-
-    from r1lite.speed import CPULogProbs
 
     torch.manual_seed(0)
     hidden, weight, targets = torch.randn(37, 16), torch.randn(50, 16), torch.randint(0, 50, (37,))
@@ -201,17 +256,16 @@ def test_cpu_lm_head_chunks_agree_and_hand_other_outputs_to_trl():
 
 
 def test_fast_sampling_draws_from_the_same_distribution_and_restores_torch():
-    from r1lite.speed import fast_sampling
-
     original = torch.multinomial
     probs = torch.tensor([[0.1, 0.0, 0.2, 0.3, 0.4]]).repeat(40_000, 1)
     generator = torch.Generator().manual_seed(0)
-    with fast_sampling():
-        assert torch.multinomial is not original
+    with fast_sampling() as sampler:
+        assert torch.multinomial is sampler
         draws = torch.multinomial(probs, num_samples=1, generator=generator)
         weights = torch.multinomial(probs * 7, num_samples=1)  # unnormalised weights, as torch accepts
         several = torch.multinomial(probs[:3], num_samples=2)  # not one draw per row: torch's own
     assert torch.multinomial is original
+    assert sampler.calls == 2  # the two one-draw calls; the two-draw call went to torch
     assert draws.shape == (40_000, 1) and several.shape == (3, 2)
     frequencies = torch.bincount(draws[:, 0], minlength=5) / 40_000
     assert frequencies[1] == 0  # a word with probability 0 is never drawn
