@@ -28,6 +28,13 @@ INPUTS = {
     "'-$' x 50,000": "-$" * 50_000,
     "soft boundaries, unclosed": "<reasoning>" + "</reasoning> <answer>" * 5_000,
     "strict boundaries": "<reasoning>\n" + "\n</reasoning>\n<answer>\n" * 4_000 + "\n</answer>",
+    # Hostile model text: none of it may be slow, and none of it is ever evaluated.
+    "100k nested tags": "<reasoning><answer>" * 2_700 + "1" + "</answer></reasoning>" * 2_700,
+    "'1' x 100,000": "1" * 100_000,
+    "Unicode digits": "<answer>\n" + "\u0661\u0662\u0663 \u0967\u0968 \uff11\uff18 " * 3_000 + "\n</answer>",
+    "1e999": "<reasoning>\nbig\n</reasoning>\n<answer>\n1e999\n</answer>\n",
+    "10**10**10": "<reasoning>\npower\n</reasoning>\n<answer>\n10**10**10\n</answer>\n",
+    "looks like code": "<answer>\n__import__('os').system('echo pwned') or (9**9**9)\n</answer>\n",
 }
 
 
@@ -57,6 +64,9 @@ def main() -> None:
     default_columns = {"check_answer": partial(check_answer, gold=GOLD)}
     default_columns |= {name: partial(score_one, reward) for name, reward in CORRECTED_REWARDS.items()}
     print_table("default: answers.check_answer and rewards.corrected", default_columns, repeats=5)
+    slowest = max((time_ms(partial(work, text), 3), name, label) for label, text in INPUTS.items()
+                  for name, work in default_columns.items())
+    print(f"\nslowest (default set): {slowest[0]:.2f} ms, {slowest[1]} on '{slowest[2]}' (target: under 50 ms)")
     seed_columns = {name: partial(score_one, reward) for name, reward in SEED_REWARDS.items()}
     print_table("seed: the recipe's rewards, for comparison", seed_columns, repeats=1)
 

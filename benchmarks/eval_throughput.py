@@ -23,8 +23,11 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from r1lite.config import ModelArgs  # noqa: E402
 from r1lite.data import load_prepared  # noqa: E402
-from r1lite.evaluate import BATCH_SIZE, evaluate_model, load_for_eval  # noqa: E402
+from r1lite.engine import CPU_BATCH_SIZE as BATCH_SIZE  # noqa: E402
+from r1lite.evaluate import evaluate_model  # noqa: E402
+from r1lite.models import load_for_generation  # noqa: E402
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 TEST_SPLIT = 1319
@@ -67,7 +70,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_for_eval(args.model, args.precision)
+    model, tokenizer = load_for_generation(ModelArgs(model=args.model, precision=args.precision))
     questions = load_prepared(args.dataset, "test", limit=args.n)
     print(f"{args.model}, {model.dtype}, {model.config._attn_implementation} attention, "
           f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), greedy, max "
@@ -82,7 +85,7 @@ def main() -> None:
         loop_rate = (len(prompts) / seconds, tokens / seconds)
         print(row("one at a time (HF generate loop)", len(prompts), seconds, tokens), flush=True)
     for batch_size in args.batch_size:
-        result = evaluate_model(model, tokenizer, questions, max_new_tokens=args.max_new_tokens,
+        result = evaluate_model(model, tokenizer, questions, max_completion_length=args.max_new_tokens,
                                 batch_size=batch_size, progress=False)
         tokens = sum(sum(record["completion_tokens"]) for record in result.records)
         print(row(f"r1lite batched (batch_size {batch_size})", len(result.records), result.seconds, tokens),

@@ -30,23 +30,19 @@ from step_time import DEFAULT_DATA, LORA, MODEL, RECIPE_GRPO, ROWS, SEED  # noqa
 
 
 def build_trainer(precision: str, gradient_checkpointing: bool, merged: bool, dataset_dir: Path, out: Path):
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
+    from r1lite.cpu_fast_path import FAST_PATH_PARTS, CPUFastGRPOTrainer
     from r1lite.data import load_prepared
     from r1lite.models import load_model, lora_config
     from r1lite.prompts import SYSTEM_PROMPT
     from r1lite.rewards import build_reward_funcs
-    from r1lite.speed import CPUFastPathMixin
-
-    class Trainer(CPUFastPathMixin, GRPOTrainer):
-        pass
-
     model, tokenizer = load_model(MODEL, precision, device="cpu")
     dataset = load_prepared(str(dataset_dir), "train", SYSTEM_PROMPT, 0, ROWS, tokenizer, 256, SEED)
     config = GRPOConfig(output_dir=str(out), use_cpu=True, bf16=precision == "bf16", max_steps=1,
                         gradient_checkpointing=gradient_checkpointing, **RECIPE_GRPO)
-    trainer = Trainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                      reward_funcs=build_reward_funcs("seed", None, "raise"), cpu_fast_path=merged,
+    trainer = CPUFastGRPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                      reward_funcs=build_reward_funcs("seed", None, "raise"), parts=FAST_PATH_PARTS if merged else (),
                       peft_config=lora_config(LORA["r"], LORA["alpha"], LORA["dropout"], LORA["targets"]))
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which this check does not run
@@ -69,10 +65,10 @@ def token_logps(trainer, model, inputs) -> torch.Tensor:
 
 def loss_and_grads(trainer, inputs) -> tuple[float, torch.Tensor]:
     """The GRPO loss and its LoRA gradient, through the LM head each path trains with."""
-    from r1lite.speed import cpu_lm_head
+    from r1lite.trl_compat import cpu_lm_head
 
     trainer.model.zero_grad()
-    with cpu_lm_head() if trainer._cpu_lm_head else nullcontext():
+    with cpu_lm_head(trainer.log_probs) if "cpu_lm_head" in trainer.parts else nullcontext():
         with trainer.compute_loss_context_manager():
             loss = trainer.compute_loss(trainer.model, inputs)
         loss.backward()
@@ -85,7 +81,7 @@ def main(argv=None) -> None:
     p.add_argument("--dataset", type=Path, default=DEFAULT_DATA)
     p.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "learning_check.json")
     args = p.parse_args(argv)
-    from r1lite.speed import merged_copy, sync_merged
+    from r1lite.models import merged_copy, refresh_merged
 
     out = Path("/tmp/learning_check")
     recipe = build_trainer("fp32", True, False, args.dataset, out)
@@ -113,7 +109,7 @@ def main(argv=None) -> None:
     with fast.model.disable_adapter():
         fast_inputs["ref_per_token_logps"] = token_logps(fast, fast.model, inputs)
     merged = merged_copy(fast.accelerator.unwrap_model(fast.model))
-    sync_merged(merged, fast._merge_layers)
+    refresh_merged(merged, fast.merge_layers)
 
     logps = {
         "recipe_fp32": token_logps(recipe, recipe.model, inputs),

@@ -13,7 +13,7 @@ rewards and the recipe's system prompt.
 Configurations: ``r1lite`` is `r1lite train` itself (its defaults on this machine). ``recipe`` is the recipe
 on plain TRL: fp32, gradient checkpointing, TRL's generate with the adapter unmerged. ``recipe+<lever>+...``
 adds levers to it: bf16, merged (generate from a merged copy with r1lite's grouped attention), lm-head
-(log-probabilities of the completion tokens only, r1lite.speed.CPULogProbs), sampling (inverse-CDF draws),
+(log-probabilities of the completion tokens only, r1lite.cpu_fast_path.CPULogProbs), sampling (inverse-CDF draws),
 attention (the grouped attention in the loss passes too), no-gc, static-cache, paged
 (TRL's use_transformers_continuous_batching), 1-thread. The first configuration is the baseline of the ratio.
 """
@@ -94,21 +94,20 @@ def _recipe_options(name: str) -> dict:
 def run_recipe(name: str, args: argparse.Namespace, out_dir: Path) -> list[dict]:
     """The recipe on plain TRL (plus any levers); returns the logged records, one per step."""
     import torch
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
+    from r1lite.cpu_fast_path import CPUFastGRPOTrainer
     from r1lite.data import load_prepared
     from r1lite.models import load_model, lora_config
     from r1lite.prompts import SYSTEM_PROMPT
     from r1lite.rewards import build_reward_funcs
-    from r1lite.speed import CPUFastPathMixin, TimedGRPOMixin
 
     options = _recipe_options(name)
     if "threads" in options:
         torch.set_num_threads(options.pop("threads"))
     precision = options.pop("precision")
 
-    class Trainer(TimedGRPOMixin, CPUFastPathMixin, GRPOTrainer):
-        fast_path_parts = options.pop("fast_path_parts")
+    parts = options.pop("fast_path_parts")  # () for plain TRL: CPUFastGRPOTrainer then only times the phases
 
     model, tokenizer = load_model(MODEL, precision, device="cpu")
     dataset = load_prepared(str(args.dataset), "train", SYSTEM_PROMPT, args.few_shot, ROWS, tokenizer, 256, SEED)
@@ -116,9 +115,9 @@ def run_recipe(name: str, args: argparse.Namespace, out_dir: Path) -> list[dict]
         output_dir=str(out_dir), use_cpu=True, bf16=precision == "bf16", max_steps=args.warmup + args.steps,
         **{**RECIPE_GRPO, **options},
     )
-    trainer = Trainer(
+    trainer = CPUFastGRPOTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-        reward_funcs=build_reward_funcs(args.reward_set, None, "raise"), cpu_fast_path=True,
+        reward_funcs=build_reward_funcs(args.reward_set, None, "raise"), parts=parts,
         peft_config=lora_config(LORA["r"], LORA["alpha"], LORA["dropout"], LORA["targets"]),
     )
     trainer.train()
@@ -127,7 +126,7 @@ def run_recipe(name: str, args: argparse.Namespace, out_dir: Path) -> list[dict]
 
 def run_r1lite(args: argparse.Namespace, out_dir: Path) -> list[dict]:
     """`r1lite train` with the recipe's settings and everything else left to r1lite's defaults."""
-    from r1lite.config import parse_run_config
+    from r1lite.config import RunConfig, parse_config
     from r1lite.train import train
 
     grpo = {k: v for k, v in RECIPE_GRPO.items() if k != "save_strategy"}
@@ -135,10 +134,10 @@ def run_r1lite(args: argparse.Namespace, out_dir: Path) -> list[dict]:
             "--max_train_samples", str(ROWS), "--max_prompt_length", "256", "--reward_set", args.reward_set,
             "--few_shot", str(args.few_shot), "--lora_r", str(LORA["r"]), "--lora_alpha", str(LORA["alpha"]),
             "--lora_dropout", str(LORA["dropout"]), "--lora_target_modules", *LORA["targets"],
-            "--max_steps", str(args.warmup + args.steps), "--save_steps", "100000", "--sample_every", "0"]
+            "--max_steps", str(args.warmup + args.steps), "--save_steps", "100000"]
     for key, value in grpo.items():
         argv += [f"--{key}", str(value)]
-    train(parse_run_config(argv))
+    train(parse_config(RunConfig, argv))
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return [record for record in records if "reward" in record]
 

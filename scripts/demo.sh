@@ -13,8 +13,9 @@ if [ -n "${GSM8K:-}" ]; then
     data=(--dataset "$GSM8K")
 fi
 r1lite=.venv/bin/r1lite
-$r1lite sft --config recipes/cpu-sft.yaml "${data[@]}"
-$r1lite train --config recipes/cpu-demo.yaml "${data[@]}" "$@"
-$r1lite eval --adapter runs/cpu-demo/adapter --baseline --limit 100 --max_new_tokens 256 \
+# --overwrite true: running the demo again replaces the earlier demo's runs instead of refusing to mix them.
+$r1lite sft --config recipes/cpu-sft.yaml --overwrite true "${data[@]}"
+$r1lite train --config recipes/cpu-demo.yaml --overwrite true "${data[@]}" "$@"
+$r1lite eval --adapter runs/cpu-demo/adapter --baseline --max_eval_samples 100 --max_completion_length 256 \
     --output runs/cpu-demo/eval.json "${data[@]}"
 $r1lite report runs/cpu-demo

@@ -16,3 +16,32 @@ def failing_reward(prompts, completions, **kwargs):
             raise ValueError("cannot score this one")
         out.append(1.0)
     return out
+
+
+def short_reward(prompts, completions, **kwargs):
+    """Returns one score too few."""
+    return [1.0] * (len(completions) - 1)
+
+
+def string_reward(prompts, completions, **kwargs):
+    return ["1.0" if i == 1 else 1.0 for i in range(len(completions))]
+
+
+def nan_reward(prompts, completions, **kwargs):
+    return [float("nan") if i == 1 else 0.5 for i in range(len(completions))]
+
+
+def none_reward(prompts, completions, **kwargs):
+    return [None if i == 1 else 0.5 for i in range(len(completions))]
+
+
+def slow_reward(prompts, completions, **kwargs):
+    import time
+
+    end = time.monotonic() + 5
+    while time.monotonic() < end:  # pure Python: the time limit can interrupt it
+        pass
+    return [1.0] * len(completions)
+
+
+not_a_function = 42

@@ -151,3 +151,65 @@ def test_long_prompts_are_dropped(gsm8k_rows, tiny_model_dir):
     dataset, stats = prepare(gsm8k_rows[:10], tokenizer=tokenizer, max_prompt_length=lengths[4])
     assert stats.too_long == sum(n > lengths[4] for n in lengths) > 0
     assert stats.kept == len(dataset) == 10 - stats.too_long
+
+
+# ----------------------------------------------------------------------------------------------- bad files
+# A row that parses but cannot be scored is dropped and counted; a file that does not parse stops, saying where.
+
+
+def _good_lines(gsm8k_rows, n=3):
+    return [json.dumps(row) for row in gsm8k_rows[:n]]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "dataset file not found"),
+    (b"", "is empty"),
+    (b"\n\n", "has no rows"),
+])
+def test_missing_or_empty_files(tmp_path, content, message):
+    path = tmp_path / "train.jsonl"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_rows(str(path))
+
+
+def test_a_broken_json_line_names_its_line(tmp_path, gsm8k_rows):
+    lines = _good_lines(gsm8k_rows)
+    lines.insert(2, '{"question": "cut short", "answ')
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"train.jsonl, line 3: not valid JSON .*fix or delete that line"):
+        load_rows(str(path))
+
+
+def test_non_utf8_bytes_name_their_line(tmp_path, gsm8k_rows):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(("\n".join(_good_lines(gsm8k_rows, 2)) + "\n").encode() + b'{"question": "caf\xe9"}\n')
+    with pytest.raises(DataError, match="line 3: not UTF-8 text .*re-encode the file as UTF-8"):
+        load_rows(str(path))
+
+
+def test_csv_is_refused_with_the_formats_that_work(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("question,answer\nWhat is 1+1?,#### 2\n")
+    with pytest.raises(DataError, match=r"unsupported file type '.csv'; use one of .jsonl, .json, .parquet"):
+        load_rows(str(path))
+
+
+def test_a_parquet_file_with_the_wrong_schema_names_the_missing_field(tmp_path):
+    from datasets import Dataset
+
+    path = tmp_path / "train.parquet"
+    Dataset.from_list([{"prompt": "What is 1+1?", "solution": "2"}]).to_parquet(str(path))
+    with pytest.raises(DataError, match=r"no 'question' or 'answer' field in any row \(fields found: prompt, solution"):
+        load_rows(str(path))
+
+
+def test_rows_with_missing_or_extra_columns(tmp_path, gsm8k_rows):
+    rows = [dict(gsm8k_rows[0], source="extra column, ignored"), {"question": "no answer here"}, gsm8k_rows[1],
+            {"question": "no marker", "answer": "it is 4"}]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dataset, stats = prepare(load_rows(str(path)))
+    assert len(dataset) == 2 and stats.missing_fields == 1 and stats.no_gold == 1

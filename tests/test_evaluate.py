@@ -377,7 +377,7 @@ def _jsonl(path, rows):
         (lambda tmp, model, data: ["--dataset", _jsonl(tmp / "nogold.jsonl", [{"question": "1+1?", "answer": "2"}])],
          "####"),
         (lambda tmp, model, data: ["--dataset", data, "--adapter", _save_adapter(model, tmp / "other", 48)],
-         "does not fit"),
+         "expects in_features 48, this model"),
         (lambda tmp, model, data: ["--dataset", data, "--adapter", tmp], "not a LoRA adapter"),
     ],
     ids=["max-eval-samples-0", "baseline-without-adapter", "greedy-samples", "empty-file", "no-gold",
@@ -389,3 +389,103 @@ def test_eval_errors_exit_2_with_a_message(tiny_model_dir, gsm8k_dir, tmp_path, 
                          "--output", tmp_path / "e.json", *args)
     assert code == 2
     assert "r1lite eval: error:" in err and message in err
+
+
+# ----------------------------------------------------------------------------------------------- devices
+
+
+class _ExplicitDevices(torch.overrides.TorchFunctionMode):
+    """Fails any tensor that r1lite.engine creates without naming its device: on a GPU such a tensor lands on the
+    CPU, and indexing GPU tensors with it (or it with them) raises. A CPU-only run cannot see that otherwise."""
+
+    FACTORIES = {torch.arange, torch.tensor, torch.zeros, torch.ones, torch.full, torch.empty, torch.randint}
+
+    def __init__(self):
+        super().__init__()
+        self.checked = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        import sys
+
+        kwargs = kwargs or {}
+        if func in self.FACTORIES and sys._getframe(1).f_code.co_filename.endswith("r1lite/engine.py"):
+            self.checked += 1
+            assert kwargs.get("device") is not None, f"engine.py calls {func.__name__} without a device"
+        return func(*args, **kwargs)
+
+
+def test_decode_makes_every_tensor_on_the_models_device(tiny, questions):
+    model, tokenizer = tiny
+    prompts = questions["prompt"]
+    encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"]
+               for p in prompts]
+    batch = tokenizer.pad({"input_ids": encoded}, padding_side="left", return_tensors="pt")
+    with torch.inference_mode():
+        first = decode(model, batch["input_ids"], batch["attention_mask"], num_generations=1, temperature=0.0,
+                       top_p=1.0, max_completion_length=12, eos=[len(tokenizer) + 1])
+    eos = first[0][3]  # a token one reply writes early: that row leaves the batch mid-way
+    mode = _ExplicitDevices()
+    with torch.inference_mode(), mode:
+        out = decode(model, batch["input_ids"], batch["attention_mask"], num_generations=2, temperature=1.0,
+                     top_p=1.0, max_completion_length=12, eos=[eos])
+    assert mode.checked >= 2 and min(map(len, out)) < 12  # rows ended early, so the index paths ran
+
+
+def test_mixed_devices_are_named_before_indexing():
+    from r1lite.engine import _same_device
+
+    _same_device(torch.device("cpu"), rows=torch.arange(3), keep=torch.arange(2))
+    with pytest.raises(RuntimeError, match=r"'rows': 'meta'.*model's device cpu"):
+        _same_device(torch.device("cpu"), rows=torch.arange(3, device="meta"), keep=torch.arange(2))
+
+
+def test_vllm_backend_hands_the_whole_job_to_vllm(monkeypatch, tiny_model_dir):
+    """The vLLM path, with vLLM replaced by a recorder: one engine, the adapter as a LoRA request, the same
+    sampling settings, and vLLM's outputs turned into the replies the scorer reads."""
+    import sys
+    from types import ModuleType
+
+    from transformers import AutoTokenizer
+
+    import r1lite.engine as engine
+
+    made = {}
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            made["llm"] = kwargs
+
+        def generate(self, prompts, params, lora_request=None):
+            made["prompts"], made["params"], made["lora"] = prompts, params, lora_request
+            done = SimpleNamespace(text="<answer>\n4\n</answer>", token_ids=[1, 2, 3], finish_reason="stop")
+            cut = SimpleNamespace(text="4 4 4", token_ids=[1] * 8, finish_reason="length")
+            return [SimpleNamespace(outputs=[done, cut]) for _ in prompts]
+
+    from importlib.machinery import ModuleSpec
+
+    vllm = ModuleType("vllm")
+    vllm.__spec__ = ModuleSpec("vllm", None)  # what importlib.util.find_spec reads for an imported module
+    vllm.LLM, vllm.SamplingParams = FakeLLM, lambda **kwargs: kwargs
+    lora = ModuleType("vllm.lora.request")
+    lora.LoRARequest = lambda name, idx, path: (name, idx, path)
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.lora", ModuleType("vllm.lora"))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", lora)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = [[{"role": "user", "content": "2 + 2?"}], [{"role": "user", "content": "3 + 1?"}]]
+    replies = engine.vllm_generate_replies(str(tiny_model_dir), "runs/x/adapter", tokenizer, prompts,
+                                           num_generations=2, temperature=0.8, top_p=0.95, max_completion_length=8,
+                                           seed=3, lora_rank=16)
+    assert made["llm"]["enable_lora"] and made["llm"]["max_lora_rank"] == 16 and made["llm"]["seed"] == 3
+    assert made["params"] == {"n": 2, "temperature": 0.8, "top_p": 0.95, "max_tokens": 8, "seed": 3}
+    assert made["lora"] == ("adapter", 1, "runs/x/adapter")
+    assert made["prompts"][0]["prompt_token_ids"] == tokenizer.apply_chat_template(
+        prompts[0], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert replies[0] == [engine.Reply("<answer>\n4\n</answer>", 3, False), engine.Reply("4 4 4", 8, True)]
+    # auto picks vLLM only where it can run: a GPU and the package.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert engine.pick_backend("auto") == "hf"
+    with pytest.raises(EvalError, match="backend vllm needs a CUDA GPU and vLLM"):
+        engine.pick_backend("vllm")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert engine.pick_backend("auto") == "vllm"

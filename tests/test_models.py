@@ -64,10 +64,16 @@ def test_unreachable_hub_says_what_to_do(monkeypatch):
         load_model("r1lite-test/not-a-real-model", device="cpu")
 
 
-def test_precision_resolution():
+def test_precision_resolution(monkeypatch):
+    import r1lite.models as models
+
     assert resolve_dtype("fp32", "cpu") == torch.float32
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16
-    assert resolve_dtype("auto", "cpu") in (torch.bfloat16, torch.float32)
+    assert resolve_dtype("fp16", "cuda") == torch.float16
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)  # AVX-512 BF16 or AMX
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_dtype("auto", "cpu") == torch.float32
 
 
 def test_4bit_on_cpu_warns_and_loads(tiny_model_dir, caplog):
@@ -84,5 +90,52 @@ def test_adapter_that_does_not_fit(tmp_path, tiny_model_dir, embedded_dir):
     big, _ = load_model(str(embedded_dir), "fp32", device="cpu")
     get_peft_model(big, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "a")
     tiny, _ = load_model(str(tiny_model_dir), "fp32", device="cpu")
-    with pytest.raises(ModelError, match="does not fit"):
+    # Checked from the tensor headers before PEFT loads anything: the message names the base it needs.
+    with pytest.raises(ModelError, match=rf"trained on {embedded_dir}: its model.layers.0.self_attn.q_proj expects "
+                                         r"in_features 576, this model .* has in_features 32\. Pass --model"):
         attach_adapter(tiny, tmp_path / "a")
+    (tmp_path / "a" / "adapter_model.safetensors").unlink()  # a save that did not finish
+    with pytest.raises(ModelError, match="no adapter_model.safetensors"):
+        attach_adapter(tiny, tmp_path / "a")
+    with pytest.raises(ModelError, match="adapter directory not found"):
+        attach_adapter(tiny, tmp_path / "missing")
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float16), ((7, 0), torch.float16),
+                                               ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_auto_precision_on_cuda_avoids_emulated_bf16(monkeypatch, capability, dtype):
+    # A T4 (7.5) or V100 (7.0) reports bf16 as supported, by emulation: slower than fp16 there.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype("auto", "cuda") == dtype
+    assert resolve_dtype("bf16", "cuda") == torch.bfloat16  # asked for explicitly: as asked
+
+
+def test_model_init_kwargs_reach_the_model(tiny_model_dir):
+    from r1lite.config import ModelArgs
+    from r1lite.models import load_from_args
+
+    model, _ = load_from_args(ModelArgs(model=str(tiny_model_dir), precision="fp32", attn_implementation="eager",
+                                         torch_dtype="bfloat16"), device="cpu")
+    assert model.config._attn_implementation == "eager"
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_merged_copy_and_for_generation(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from r1lite.models import for_generation, merged_copy
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ids = torch.randint(0, 1000, (1, 9))
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+        copy = merged_copy(peft_model)
+        assert not hasattr(copy, "peft_config") and not copy.training
+        torch.testing.assert_close(copy(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-4)
+        merged = for_generation(peft_model)  # in place: the PEFT wrapper is gone
+        assert not hasattr(merged, "peft_config")
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-4)

@@ -79,7 +79,7 @@ def test_markdown_content(run_dir):
     assert "eval/accuracy_strict" in md and "train_runtime: 370.5" in md
     assert "run_name: synthetic-run" in md and "```yaml" in md
     assert "](rewards.png)" in md and "](eval.png)" in md
-    assert "skipped unreadable records: 1 in metrics.jsonl" in md
+    assert "skipped unreadable line(s) of metrics.jsonl: 35 (cut by a stopped run)" in md
     # Start, middle and end of training: steps 1, 20 (closest to 15.5) and 30; not step 10.
     for step in (1, 20, 30):
         assert f"(step {step})" in md and f"thought at step {step} #1" in md
@@ -125,7 +125,7 @@ def test_read_jsonl_counts_bad_lines(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1}\n[1, 2]\nnot json\n\n{"step": 2}\n')
     records, bad = read_jsonl(path)
-    assert records == [{"step": 1}, {"step": 2}] and bad == 2
+    assert records == [{"step": 1}, {"step": 2}] and bad == [2, 3]  # the lines, by number
 
 
 def test_smoothing_helpers():

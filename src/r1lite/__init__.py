@@ -1,3 +1,3 @@
 """r1lite: teach a small instruct model to reason in a fixed format with GRPO."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -135,12 +135,33 @@ class SignalWatch(TrainerCallback):
                            NO_SIGNAL_FIX)
 
 
+class StepTime(TrainerCallback):
+    """``time/step`` in every log record: the mean wall time of the optimizer steps since the last one."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.seconds: list[float] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is not None:
+            self.seconds.append(time.perf_counter() - self.start)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self.seconds and "time/step" not in logs:
+            logs["time/step"] = sum(self.seconds) / len(self.seconds)
+            self.seconds.clear()
+
+
 def install(trainer, out: Path, reward_names: list[str] | None, patience: int = 0, resumed_step: int = 0,
             desc: str = "GRPO") -> None:
     """Swap transformers' loss-only progress bar for ours and add the metrics writer (and for GRPO the warnings)."""
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(MetricsWriter(out / "metrics.jsonl", resumed_step, trainer.args.process_index == 0))
     trainer.add_callback(StepProgress(desc))
+    trainer.add_callback(MarkCompleteCheckpoints())
     if reward_names is not None:
         trainer.add_callback(SignalWatch(reward_names, patience))
 
@@ -194,3 +215,69 @@ class PeriodicEval(TrainerCallback):
             should_log = control.should_log
             self.trainer.callback_handler.on_log(args, state, control, logs)
             control.should_log = should_log
+
+
+# ----------------------------------------------------------------------------------------------- faults
+
+COMPLETE_MARKER = "r1lite-complete.json"  # written into checkpoint-N/ once the Trainer has finished writing it
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """Mark each checkpoint complete once the Trainer has written all of it; resume only trusts marked ones.
+
+    The Trainer writes checkpoint-N/ in place, file by file (adapter, optimizer, scheduler, RNG, trainer state):
+    a run killed half-way leaves a checkpoint resume would otherwise pick up. `on_save` runs after the last file;
+    the marker itself is written, then renamed, so it is never half there."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            partial = folder / (COMPLETE_MARKER + ".partial")
+            partial.write_text(json.dumps({"step": state.global_step}))
+            partial.replace(folder / COMPLETE_MARKER)
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop): finish the step, save a checkpoint, stop training.
+
+    The trainer's loop saves when a callback asks for it at the end of a step; `train` then says where the
+    checkpoint is and exits non-zero. A second signal stops at once (the step in flight is lost)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> StopOnSignal:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.signal is not None:  # the second one: give up the step in flight
+            self.uninstall()
+            signal.raise_signal(signum)
+            return
+        self.signal = signum
+        logger.warning("%s received: finishing this step, then saving a checkpoint (send it again to stop at once)",
+                       signal.Signals(signum).name)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signal is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control

@@ -117,4 +117,4 @@ def main(argv: list[str] | None = None) -> int:
         return HANDLERS[command](rest)
     except R1liteError as exc:
         print(f"r1lite {command}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)

@@ -11,31 +11,19 @@ Unknown keys and values of the wrong type are rejected with one line that names 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import yaml
-from transformers import HfArgumentParser
 from trl import GRPOConfig, SFTConfig
 
 from r1lite.errors import ConfigError, R1liteError
 from r1lite.models import DEFAULT_MODEL, PRECISIONS
 from r1lite.prompts import SYSTEM_PROMPT
-
-# Names recipes used before the names were unified; an old recipe gets told the new name.
-RENAMED = {
-    "dataset_split": "dataset_train_split", "eval_split": "dataset_test_split", "eval_limit": "max_eval_samples",
-    "eval_max_new_tokens": "eval_max_completion_length", "limit": "max_eval_samples", "n": "max_train_samples",
-    "num_samples": "num_generations", "max_new_tokens": "max_completion_length",
-    "split": "dataset_train_split (train, sft, rewards check) or dataset_test_split (eval)",
-    "sample_every": "nothing: completions of every logged step go to completions/*.parquet (TRL's log_completions)",
-}
-
+from r1lite.recipe import build_parser, load_yaml, parse_config  # noqa: F401  (the parser lives in recipe.py)
 
 # ----------------------------------------------------------------------------------------------- sections
 
@@ -136,8 +124,14 @@ class RewardArgs:
     )
     on_reward_error: str = field(
         default="raise",
-        metadata={"help": "raise: a reward that raises stops the step and names the completion. none: score it "
-                  "None (cannot verify) and count it in rewards/<name>/errors."},
+        metadata={"help": "raise: a reward that raises, returns the wrong number of scores or a score that is not a "
+                  "finite number stops the step and names the completion. none: score it None (cannot verify) "
+                  "and count it in rewards/<name>/errors."},
+    )
+    reward_timeout: float | None = field(
+        default=None,
+        metadata={"help": "Seconds one reward call may take (opt-in; main thread only). Over it: an error, or with "
+                  "on_reward_error none the batch scores None, counted in rewards/<name>/timeouts."},
     )
 
 
@@ -306,6 +300,8 @@ class RunConfig(CommandConfig):
         g = self.trl
         _check_choice("reward_set", self.rewards.reward_set, ("default", "seed"))
         _check_choice("on_reward_error", self.rewards.on_reward_error, ("raise", "none"))
+        if self.rewards.reward_timeout is not None and self.rewards.reward_timeout <= 0:
+            raise ConfigError(f"reward_timeout must be positive seconds, got {self.rewards.reward_timeout}")
         _check_positive(num_generations=g["num_generations"], max_completion_length=g["max_completion_length"],
                         per_device_train_batch_size=g["per_device_train_batch_size"],
                         gradient_accumulation_steps=g["gradient_accumulation_steps"],
@@ -498,9 +494,6 @@ def _check_generation_batch(g: dict[str, Any], processes: int) -> None:
         )
 
 
-# ----------------------------------------------------------------------------------------------- parsing
-
-
 def _field_defaults(config_type: type | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(config_type) if config_type else ():
@@ -509,104 +502,3 @@ def _field_defaults(config_type: type | None) -> dict[str, Any]:
         elif f.default_factory is not dataclasses.MISSING:
             out[f.name] = f.default_factory()
     return out
-
-
-class _Parser(HfArgumentParser):
-    def error(self, message: str):
-        # argparse would print the whole (very long) usage and exit; one line naming the key is enough.
-        raise ConfigError(f"{message} (see `{self.prog} --help`)")
-
-
-def build_parser(cls: type[CommandConfig]) -> _Parser:
-    types = list(cls.section_types().values())
-    if cls.trl_config is not None:
-        types.append(cls.trl_config)
-    parser = _Parser(types, prog=cls.prog, description=cls.__doc__)
-    parser.set_defaults(**cls.defaults)
-    parser.add_argument("--config", default=None, help="Flat YAML recipe; command-line flags override it.")
-    if "chat" in cls.section_types():
-        parser.add_argument("positional_question", nargs="?", default=None, metavar="QUESTION",
-                            help="the question to ask once (same as --question)")
-    return parser
-
-
-def _unknown_key(key: str, known: set[str], source: str) -> ConfigError:
-    name = f"--{key}" if source == "command line" else key
-    if key in RENAMED:
-        return ConfigError(f"{source}: '{name}' is now {RENAMED[key]}")
-    close = difflib.get_close_matches(key, known, n=1)
-    return ConfigError(f"{source}: unknown key '{name}'{f' (did you mean {close[0]!r}?)' if close else ''}")
-
-
-def _yaml_to_argv(config: dict[str, Any], known: set[str], source: str) -> list[str]:
-    """Turn a recipe mapping into command-line tokens, so argparse type-checks recipe and CLI alike."""
-    argv: list[str] = []
-    for key, value in config.items():
-        if key not in known:
-            raise _unknown_key(key, known, source)
-        if value is None or value == []:
-            continue  # "the default": argparse has no token for None or an empty list
-        if isinstance(value, dict):
-            raise ConfigError(f"{source}: key '{key}' takes a single value or a list, not a mapping")
-        values = value if isinstance(value, list) else [value]
-        argv.append(f"--{key}")
-        argv.extend(str(v) for v in values)
-    return argv
-
-
-def _pop_config_path(argv: list[str]) -> Path | None:
-    if "--config" not in argv:
-        return None
-    i = argv.index("--config")
-    if i + 1 >= len(argv):
-        raise ConfigError("--config needs a path to a YAML recipe")
-    path = Path(argv[i + 1])
-    del argv[i : i + 2]
-    return path
-
-
-C = TypeVar("C", bound=CommandConfig)
-
-
-def parse_config(cls: type[C], argv: list[str] | None = None) -> C:
-    """``--config recipe.yaml`` plus flags -> a validated configuration of command `cls`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(cls)
-    known = {a.dest for a in parser._actions} - {"help", "config", "positional_question"}
-    path = _pop_config_path(argv)
-    recipe_argv = _yaml_to_argv(load_yaml(path), known, str(path)) if path else []
-    namespace, unknown = parser.parse_known_args(recipe_argv + argv)
-    flags = [token[2:].split("=")[0] for token in unknown if token.startswith("--")]
-    if flags:
-        raise _unknown_key(flags[0], known, "command line")
-    if unknown:
-        raise ConfigError(f"unexpected argument(s): {' '.join(unknown)} (see `{cls.prog} --help`)")
-    values = vars(namespace)
-    values.pop("config", None)
-    positional = values.pop("positional_question", None)
-    if positional is not None:
-        values["question"] = positional
-    kwargs: dict[str, Any] = {}
-    for name, section in cls.section_types().items():
-        kwargs[name] = section(**{f.name: values.pop(f.name) for f in dataclasses.fields(section)})
-    if cls.trl_config is not None:
-        kwargs["trl"] = values
-    config = cls(**kwargs)
-    config.validate()
-    return config
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    """A recipe file: safe YAML only (no Python objects), a flat mapping, errors with the line and column."""
-    if path.is_dir() or not path.exists():
-        raise ConfigError(f"recipe not found: {path}" + (" (a directory)" if path.is_dir() else ""))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe is a flat YAML mapping of key: value")
-    return data

@@ -7,6 +7,7 @@ examples, the question), ``answer`` (the gold final answer: the text after ``###
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -72,15 +73,59 @@ def _find_split_file(folder: Path, split: str) -> Path:
 
 
 def _read_file(path: Path) -> list[dict[str, Any]]:
+    """Rows of a local file. A row that parses but cannot be scored is dropped and counted later (`prepare`); a
+    file that does not parse stops here, saying where: silently skipping corrupt lines would hide a broken copy."""
     from datasets import load_dataset
 
     if path.suffix not in LOCAL_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type; use one of {', '.join(LOCAL_SUFFIXES)}")
-    builder = "parquet" if path.suffix == ".parquet" else "json"
-    try:
-        return load_dataset(builder, data_files=str(path), split="train").to_list()
-    except Exception as exc:  # datasets raises many types for malformed files
-        raise DataError(f"could not read {path}: {exc}") from exc
+        raise DataError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(LOCAL_SUFFIXES)} "
+                        "with 'question' and 'answer' fields")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty")
+    if path.suffix == ".jsonl":
+        rows = _read_jsonl(path)
+    else:
+        builder = "parquet" if path.suffix == ".parquet" else "json"
+        try:
+            rows = load_dataset(builder, data_files=str(path), split="train").to_list()
+        except Exception as exc:  # datasets raises many types for malformed files
+            raise DataError(f"could not read {path}: {str(exc)[:300]}") from exc
+    _check_columns(rows, path)
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}, line {number}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                "re-encode the file as UTF-8") from exc
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg}, column {exc.colno}); fix or "
+                                "delete that line") from exc
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {number}: a row is a JSON object with 'question' and 'answer'")
+            rows.append(row)
+    return rows
+
+
+def _check_columns(rows: list[dict[str, Any]], path: Path) -> None:
+    """A file none of whose rows has a needed field is the wrong file, not a file with a few bad rows."""
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    found = set().union(*(row.keys() for row in rows))
+    missing = [name for name in ("question", "answer") if name not in found]
+    if missing:
+        names = " or ".join(f"'{name}'" for name in missing)
+        raise DataError(f"{path}: no {names} field in any row (fields found: {', '.join(sorted(found)) or 'none'}); "
+                        "GSM8K-style data has 'question' and 'answer'")
 
 
 def _read_hub(name: str, split: str) -> list[dict[str, Any]]:

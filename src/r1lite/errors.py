@@ -34,3 +34,15 @@ class ReportError(R1liteError, ValueError):
 
 class CompatError(R1liteError, RuntimeError):
     """An installed library version that r1lite's integration was not written for."""
+
+
+class Interrupted(R1liteError):
+    """Training stopped by SIGINT or SIGTERM after saving a checkpoint; exits with 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class DiskFull(R1liteError, OSError):
+    """The disk filled up while a run was writing; the message says which checkpoint is still whole."""

@@ -189,10 +189,18 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]) -
 
 
 def attach_adapter(model: PreTrainedModel, adapter: str | Path, trainable: bool = False) -> PeftModel:
-    """Load a saved LoRA adapter onto `model`, explaining a mismatch instead of a shape traceback."""
+    """Load a saved LoRA adapter onto `model`, checking first that it was made for this model's shapes, so that a
+    mismatch says which base the adapter needs instead of ending in a shape traceback."""
     adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise ModelError(f"adapter directory not found: {adapter}")
     if not (adapter / "adapter_config.json").is_file():
         raise ModelError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{adapter} has an adapter_config.json but no adapter_model.safetensors: the save did not "
+                         "finish; use another checkpoint")
+    _check_adapter_fits(model, adapter, weights)
     try:
         return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as exc:
@@ -200,6 +208,30 @@ def attach_adapter(model: PreTrainedModel, adapter: str | Path, trainable: bool 
             f"adapter {adapter} does not fit model {model.config.name_or_path}: {str(exc)[:300]}\n"
             "Pass the --model the adapter was trained on (see base_model_name_or_path in adapter_config.json)."
         ) from exc
+
+
+def _check_adapter_fits(model: PreTrainedModel, adapter: Path, weights: Path) -> None:
+    """Compare each lora_A's input size with the layer it adapts (reading tensor headers only, not the weights)."""
+    import json
+
+    from safetensors import safe_open
+
+    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path") or "unknown"
+    modules = dict(model.named_modules())
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():
+            if ".lora_A." not in key:
+                continue
+            # base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight -> model.layers.0.self_attn.q_proj
+            name = key.split(".lora_A.")[0].removeprefix("base_model.model.")
+            layer = modules.get(name)
+            wanted = f.get_slice(key).get_shape()[-1]
+            have = getattr(layer, "in_features", None)
+            if layer is None or (have is not None and have != wanted):
+                found = "no such layer" if layer is None else f"in_features {have}"
+                raise ModelError(f"adapter {adapter} was trained on {base}: its {name} expects in_features "
+                                 f"{wanted}, this model ({model.config.name_or_path}) has {found}. Pass "
+                                 f"--model {base}")
 
 
 def load_from_args(args, device: str | None = None, trust_remote_code: bool = False):
@@ -241,23 +273,31 @@ def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module] | None:
     return layers or None
 
 
+def for_generation(model: PreTrainedModel | PeftModel) -> PreTrainedModel | PeftModel:
+    """The model to generate from, in eval mode: a PEFT model's adapter merged into its weights (in place), so that
+    each adapted layer runs one matmul instead of three. The one merge helper: eval, chat, rewards check and the CPU
+    trainer's sampling copy (`merged_copy`) all use it. 4-bit weights are left unmerged: merging would round the
+    adapter into 4 bits."""
+    if isinstance(model, PeftModel) and getattr(model.get_base_model(), "hf_quantizer", None) is None:
+        with torch.no_grad():
+            model = model.merge_and_unload()
+    return model.eval()
+
+
 def merged_copy(model: PeftModel) -> PreTrainedModel:
     """A plain copy of a PEFT model with the adapter merged in, for generation only; the PEFT model is untouched.
-
-    Generation through a merged model runs one matmul per adapted layer instead of three. Evaluation, chat and the
-    CPU trainer's sampling copy all use this; `refresh_merged` updates the copy after the adapter has trained."""
+    `refresh_merged` updates it after the adapter has trained."""
     if getattr(model.get_base_model(), "hf_quantizer", None) is not None:
         raise ModelError("a 4-bit model cannot hold merged weights without rounding the adapter into 4 bits; "
                          "generate from the PEFT model itself")
-    with torch.no_grad():
-        merged = copy.deepcopy(model).merge_and_unload()
+    merged = for_generation(copy.deepcopy(model))
     # GRPOTrainer replaces the model's forward (its fused LM head) by a closure over the original model: a deep
     # copy keeps that closure, and would keep running the training model. Generation needs the class's forward.
     vars(merged).pop("forward", None)
     merged.requires_grad_(False)
     if getattr(merged, "is_gradient_checkpointing", False):
         merged.gradient_checkpointing_disable()
-    return merged.eval()
+    return merged
 
 
 @torch.no_grad()
@@ -274,9 +314,3 @@ def refresh_merged(target: torch.nn.Module, layers: dict[str, torch.nn.Module]) 
         weight = target.get_submodule(name).weight
         weight.copy_(merged.to(weight.dtype))
 
-
-def for_generation(model: PreTrainedModel | PeftModel) -> PreTrainedModel | PeftModel:
-    """The fastest model to generate from: a PEFT model's adapter merged in (in place, where weights are not 4-bit)."""
-    if isinstance(model, PeftModel) and getattr(model.get_base_model(), "hf_quantizer", None) is None:
-        model = model.merge_and_unload()
-    return model.eval()

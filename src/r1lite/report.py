@@ -58,10 +58,11 @@ class Plot:
 # ----------------------------------------------------------------------------------------- reading
 
 
-def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The JSON objects of a file, and how many lines were not one (a killed run truncates its last line)."""
-    records, bad = [], 0
-    for line in path.read_text(errors="replace").splitlines():
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The JSON objects of a file, and the numbers of the lines that were not one (a run killed mid-write cuts its
+    last line in half)."""
+    records, bad = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -71,7 +72,7 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
         if isinstance(record, dict):
             records.append(record)
         else:
-            bad += 1
+            bad.append(number)
     return records, bad
 
 
@@ -96,7 +97,7 @@ def collect_series(records: list[dict[str, Any]]) -> dict[str, Series]:
     return {key: (sorted(p), [p[s] for s in sorted(p)]) for key, p in points.items()}
 
 
-def _load_metrics(run_dir: Path) -> tuple[dict[str, Series], dict[str, float], int]:
+def _load_metrics(run_dir: Path) -> tuple[dict[str, Series], dict[str, float], list[int]]:
     path = run_dir / "metrics.jsonl"
     if not run_dir.is_dir():
         raise ReportError(f"run directory not found: {run_dir}")
@@ -107,11 +108,12 @@ def _load_metrics(run_dir: Path) -> tuple[dict[str, Series], dict[str, float], i
         )
     records, bad = read_jsonl(path)
     if bad:
-        logger.warning("%s: skipped %d unreadable line(s) (a run stopped mid-write leaves one)", path, bad)
+        logger.warning("%s: skipped unreadable line(s) %s (a run stopped mid-write leaves one)", path,
+                       ", ".join(map(str, bad)))
     series = collect_series(records)
     if not series:
         raise ReportError(
-            f"{path} holds no metric records ({bad} unreadable lines): the run stopped before its first "
+            f"{path} holds no metric records ({len(bad)} unreadable lines): the run stopped before its first "
             "logged step; train for at least logging_steps steps, then run the report again"
         )
     summary = {k: v for r in records for k in SUMMARY_KEYS if (v := _number(r.get(k))) is not None}
@@ -270,7 +272,10 @@ def read_samples(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
     files = sorted((run_dir / "completions").glob("completions_*.parquet"))
     if not files:
         legacy = run_dir / "samples.jsonl"
-        return read_jsonl(legacy) if legacy.is_file() else ([], 0)
+        if not legacy.is_file():
+            return [], 0
+        samples, bad_lines = read_jsonl(legacy)
+        return samples, len(bad_lines)
     import pandas as pd
 
     samples, bad = [], 0
@@ -424,8 +429,10 @@ def write_report(run_dir: str | Path, smooth: int | None = None) -> dict[str, Pa
     steps = sorted({s for xs, _ in series.values() for s in xs})
     notes = [f"{len(steps)} logged steps, step {steps[0]:g} to {steps[-1]:g}"]
     notes += [f"{key}: {fmt(value)}" for key, value in summary.items()]
-    if bad or bad_samples:
-        notes.append(f"skipped unreadable records: {bad} in metrics.jsonl, {bad_samples} in the completion logs")
+    if bad:
+        notes.append(f"skipped unreadable line(s) of metrics.jsonl: {', '.join(map(str, bad))} (cut by a stopped run)")
+    if bad_samples:
+        notes.append(f"skipped {bad_samples} unreadable completion log file(s)")
     name = str(config.get("run_name") or run_dir.resolve().name)
     content = Content(name, run_dir, notes, config_text, metrics_table(series), plots, pick_samples(samples))
     written["markdown"] = out / "report.md"

@@ -1,7 +1,7 @@
 """Where a GRPO step's time goes, on any device.
 
-- ``StepTime``, a plain callback for any trainer: ``time/step``, the wall time of each optimizer step.
-- ``TimedGRPOTrainer`` also splits the step into phases, in seconds per optimizer step: ``time/generation``,
+- ``callbacks.StepTime``, a plain callback for any trainer: ``time/step``, the wall time of each optimizer step.
+- ``TimedGRPOTrainer`` splits the step into phases, in seconds per optimizer step: ``time/generation``,
   ``time/rewards``, ``time/logprobs`` (the no-grad old/reference log-prob passes), ``time/backward`` (the loss
   forward plus backward) and ``time/optimizer`` (clipping, optimizer and scheduler step). It rests on the hooks
   of r1lite.trl_compat; the CPU trainer is one, and benchmarks use it to time TRL's own step.
@@ -48,26 +48,6 @@ class PhaseClock:
             self.seconds["optimizer"] += now - self.last_backward_end
         self.seconds["step"] = now - self.step_start
         return {f"time/{phase}": self.seconds.get(phase, 0.0) for phase in PHASES}
-
-
-class StepTime(TrainerCallback):
-    """``time/step`` in every log record: the mean wall time of the optimizer steps since the last one."""
-
-    def __init__(self) -> None:
-        self.start: float | None = None
-        self.seconds: list[float] = []
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.start is not None:
-            self.seconds.append(time.perf_counter() - self.start)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and self.seconds and "time/step" not in logs:
-            logs["time/step"] = sum(self.seconds) / len(self.seconds)
-            self.seconds.clear()
 
 
 class _FlushPhaseTimes(TrainerCallback):

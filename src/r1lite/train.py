@@ -10,6 +10,7 @@ keys), ``completions/`` (TRL's completion log: prompts, completions, rewards, go
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
 import os
@@ -17,20 +18,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 
 from r1lite import callbacks
 from r1lite.config import OutputArgs, RunConfig, world_size
 from r1lite.data import load_prepared
-from r1lite.errors import ConfigError, ModelError
+from r1lite.errors import ConfigError, DiskFull, Interrupted, ModelError
 from r1lite.models import attach_adapter, default_device, load_from_args, lora_config, resolve_dtype
 from r1lite.rewards import build_reward_funcs
-from r1lite.timing import StepTime
 
 logger = logging.getLogger(__name__)
 
-RUN_FILES = ("metrics.jsonl", "completions", "adapter", "config.yaml", "samples.jsonl")
+# What a run leaves behind (besides checkpoint-N/); config.yaml alone is rewritten by the next run anyway.
+RUN_FILES = ("metrics.jsonl", "completions", "adapter", "samples.jsonl")
 
 
 def adapt_to_device(grpo: dict[str, Any], precision: str, device: str) -> dict[str, Any]:
@@ -83,26 +83,52 @@ def preflight(args: GRPOConfig, config: RunConfig, device: str) -> None:
     if four_bit and args.use_vllm and sharding:
         raise ConfigError(f"4-bit + vLLM + {sharding}: vLLM weight sync needs whole 4-bit layers; use DDP or ZeRO-2 "
                           "(recipes/accelerate/zero2.yaml), or bf16 LoRA (recipes/qwen2.5-3b-gsm8k-bf16.yaml)")
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if args.use_vllm and args.vllm_mode == "colocate" and device == "cuda" and local_processes > _gpu_count():
+        raise ConfigError(f"vllm_mode colocate starts one vLLM per process: {local_processes} processes on "
+                          f"{_gpu_count()} GPU(s) would share a card. Launch one process per GPU, or use "
+                          "vllm_mode server (recipes/qwen2.5-3b-gsm8k-multi-gpu.yaml)")
     if config.run.eval_every and sharding:
         raise ConfigError(f"eval_every runs on the main process alone, which {sharding} cannot (every forward needs "
                           "all processes): set eval_every 0 and run r1lite eval on the saved adapter")
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def prepare_output_dir(out: Path, output: OutputArgs, is_main: bool) -> str | None:
     """The checkpoint to resume from (None for a fresh run), after making sure two runs never mix in `out`."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {out} is a file, not a directory")
+    _check_writable(out)
     if output.resume:
         return _checkpoint_to_resume(out)
+    if not is_main:  # the main process has judged and prepared the directory already (train: main_process_first)
+        return None
     earlier = [p.name for p in _run_files(out)]
     if earlier and not output.overwrite:
         raise ConfigError(f"output_dir {out} already holds a run ({', '.join(sorted(earlier)[:4])}): pass "
                           "--resume true to continue it, --overwrite true to replace it, or another --output_dir")
-    if earlier and is_main:
+    if earlier:
         logger.warning("overwrite: removing the earlier run's files from %s", out)
         for path in _run_files(out):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     return None
+
+
+def _check_writable(out: Path) -> None:
+    """Fail now, not at the first checkpoint an hour in, when the run directory cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".r1lite-write-test-{os.getpid()}"  # one per process: ranks probe at the same time
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output_dir {out} cannot be written ({exc.strerror or exc}); pass another --output_dir") \
+            from exc
 
 
 def _run_files(out: Path) -> list[Path]:
@@ -111,13 +137,31 @@ def _run_files(out: Path) -> list[Path]:
     return [p for p in out.iterdir() if p.name in RUN_FILES or p.name.startswith("checkpoint-")]
 
 
+def complete_checkpoints(out: Path) -> tuple[list[Path], list[Path]]:
+    """(checkpoints the Trainer finished writing, oldest first; newer ones it did not finish). Finished ones carry
+    callbacks.COMPLETE_MARKER; one without it was cut short by a kill, a full disk or a crash while saving."""
+    folders = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+                     key=lambda p: step_of(str(p))) if out.is_dir() else []
+    complete = [p for p in folders if (p / callbacks.COMPLETE_MARKER).is_file()]
+    newest = step_of(str(complete[-1])) if complete else -1
+    return complete, [p for p in folders if p not in complete and step_of(str(p)) > newest]
+
+
 def _checkpoint_to_resume(out: Path) -> str | None:
-    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
-    if checkpoint is None:
+    """The newest complete checkpoint; newer, unfinished ones are named and skipped."""
+    complete, unfinished = complete_checkpoints(out)
+    if unfinished:
+        logger.warning("resume: skipping %s, written only in part (the run stopped while saving)",
+                       ", ".join(p.name for p in unfinished))
+    if not complete:
+        if unfinished:
+            raise ConfigError(f"resume: no complete checkpoint in {out} ({', '.join(p.name for p in unfinished)} "
+                              "not marked complete: written only in part, or by r1lite before 0.2); start again "
+                              "with --overwrite true")
         logger.warning("resume: no checkpoint-N directory in %s, starting from scratch", out)
-    else:
-        logger.info("Resuming from %s", checkpoint)
-    return checkpoint
+        return None
+    logger.info("Resuming from %s", complete[-1])
+    return str(complete[-1])
 
 
 def step_of(checkpoint: str | None) -> int:
@@ -133,8 +177,9 @@ def build_trainer(config: RunConfig, args: GRPOConfig, device: str, model, token
     elif lora.use_lora:
         peft_config = lora_config(lora.lora_r, lora.lora_alpha, lora.lora_dropout, lora.lora_target_modules)
     r = config.rewards
-    kwargs = dict(model=model, reward_funcs=build_reward_funcs(r.reward_set, r.rewards, r.on_reward_error), args=args,
-                  train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    reward_funcs = build_reward_funcs(r.reward_set, r.rewards, r.on_reward_error, r.reward_timeout)
+    kwargs = dict(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=tokenizer,
+                  peft_config=peft_config)
     if device == "cpu" and config.run.cpu_fast_path:
         from r1lite.cpu_fast_path import CPUFastGRPOTrainer
 
@@ -148,7 +193,7 @@ def build_trainer(config: RunConfig, args: GRPOConfig, device: str, model, token
             trainer = GRPOTrainer(**kwargs)
         if push_dense_weights_to_vllm(trainer):
             logger.info("vLLM weight sync: dense base + LoRA delta, the training model left unmerged")
-    trainer.add_callback(StepTime())
+    trainer.add_callback(callbacks.StepTime())
     return trainer
 
 
@@ -159,9 +204,10 @@ def train(config: RunConfig) -> Path:
     args = build_grpo_config(config, device)  # sets up the process group under accelerate launch
     preflight(args, config, device)
     is_main = args.process_index == 0
-    checkpoint = prepare_output_dir(out, config.output, is_main)
-    if is_main:
-        config.save(out / "config.yaml")
+    with args.main_process_first(local=False, desc="preparing the run directory"):
+        checkpoint = prepare_output_dir(out, config.output, is_main)
+        if is_main:
+            config.save(out / "config.yaml")
     logger.info("training on %s with %d process(es)", device, world_size())
 
     m, d = config.model, config.data
@@ -173,13 +219,38 @@ def train(config: RunConfig) -> Path:
     callbacks.install(trainer, out, reward_names, config.run.zero_std_patience, resumed_step=step_of(checkpoint))
     if config.run.eval_every:
         trainer.add_callback(_periodic_eval(config, tokenizer, trainer, args.seed))
-    trainer.train(resume_from_checkpoint=checkpoint)
+    run_until_done_or_signal(trainer, checkpoint, out)
     adapter_dir = out / "adapter"
     trainer.save_model(str(adapter_dir))  # the main process writes, the others take part in any gather
     if is_main:
         tokenizer.save_pretrained(adapter_dir)
         logger.info("Saved adapter to %s", adapter_dir)
     return adapter_dir
+
+
+def run_until_done_or_signal(trainer, checkpoint: str | None, out: Path) -> None:
+    """trainer.train, stopped cleanly by SIGINT/SIGTERM: the step in flight finishes, a checkpoint is saved, and
+    Interrupted says where (the CLI exits with 128 + the signal's number)."""
+    stop = callbacks.StopOnSignal().install()
+    trainer.add_callback(stop)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        complete, _ = complete_checkpoints(out)
+        kept = complete[-1] if complete else None
+        raise DiskFull(f"the disk holding {out} is full ({exc}); the half-written checkpoint is not marked complete "
+                       f"and resume skips it. {f'{kept} is intact: free space, then --resume true' if kept else ''}"
+                       .strip()) from exc
+    finally:
+        stop.uninstall()
+    if stop.signal is not None:
+        import signal
+
+        saved = out / f"checkpoint-{trainer.state.global_step}"
+        raise Interrupted(f"stopped by {signal.Signals(stop.signal).name} after step {trainer.state.global_step}; "
+                          f"checkpoint saved to {saved}; continue with --resume true", stop.signal)
 
 
 def _periodic_eval(config: RunConfig, tokenizer, trainer, seed: int) -> callbacks.PeriodicEval:
