@@ -17,9 +17,7 @@ from r1lite.rewards.seed import SEED_REWARDS
 
 GOLD = "18"
 INPUTS = {
-    "100k well-formed": "<reasoning>\n"
-    + "She makes 9 * 2 = $18.\n" * 4_400
-    + "</reasoning>\n<answer>\n18\n</answer>",
+    "100k well-formed": "<reasoning>\n" + "She makes 9 * 2 = $18.\n" * 4_400 + "</reasoning>\n<answer>\n18\n</answer>",
     "100k prose, no tags": "Janet sells 16 - 3 - 4 = 9 eggs and makes $1,000.50 a day. " * 1_700,
     "<answer> x 20,000": "<answer>" * 20_000,
     "'1,' x 50,000": "1," * 50_000,
@@ -64,8 +62,11 @@ def main() -> None:
     default_columns = {"check_answer": partial(check_answer, gold=GOLD)}
     default_columns |= {name: partial(score_one, reward) for name, reward in CORRECTED_REWARDS.items()}
     print_table("default: answers.check_answer and rewards.corrected", default_columns, repeats=5)
-    slowest = max((time_ms(partial(work, text), 3), name, label) for label, text in INPUTS.items()
-                  for name, work in default_columns.items())
+    slowest = max(
+        (time_ms(partial(work, text), 3), name, label)
+        for label, text in INPUTS.items()
+        for name, work in default_columns.items()
+    )
     print(f"\nslowest (default set): {slowest[0]:.2f} ms, {slowest[1]} on '{slowest[2]}' (target: under 50 ms)")
     seed_columns = {name: partial(score_one, reward) for name, reward in SEED_REWARDS.items()}
     print_table("seed: the recipe's rewards, for comparison", seed_columns, repeats=1)

@@ -39,10 +39,12 @@ def one_at_a_time(model, tokenizer, prompts, max_new_tokens: int) -> tuple[float
     start = time.perf_counter()
     with torch.inference_mode():
         for prompt in prompts:
-            inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
-                                                   return_dict=True).to(model.device)
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
+            inputs = tokenizer.apply_chat_template(
+                prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ).to(model.device)
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
             generated = output[0, inputs["input_ids"].shape[1] :].tolist()
             eos = tokenizer.eos_token_id
             tokens += generated.index(eos) + 1 if eos in generated else len(generated)
@@ -52,8 +54,10 @@ def one_at_a_time(model, tokenizer, prompts, max_new_tokens: int) -> tuple[float
 def row(name: str, questions: int, seconds: float, tokens: int) -> str:
     q_rate, t_rate = questions / seconds, tokens / seconds
     full = TEST_SPLIT / q_rate / 60
-    return (f"{name:34} {questions:>9} {seconds:>8.1f} {q_rate:>7.3f} {t_rate:>8.1f} {tokens / questions:>9.0f}"
-            f" {full:>10.1f} min")
+    return (
+        f"{name:34} {questions:>9} {seconds:>8.1f} {q_rate:>7.3f} {t_rate:>8.1f} {tokens / questions:>9.0f}"
+        f" {full:>10.1f} min"
+    )
 
 
 def main() -> None:
@@ -72,11 +76,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_for_generation(ModelArgs(model=args.model, precision=args.precision))
     questions = load_prepared(args.dataset, "test", limit=args.n)
-    print(f"{args.model}, {model.dtype}, {model.config._attn_implementation} attention, "
-          f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), greedy, max "
-          f"{args.max_new_tokens} new tokens; load average before: {os.getloadavg()[0]:.1f}")
-    print(f"{'path':34} {'questions':>9} {'seconds':>8} {'q/s':>7} {'tok/s':>8} {'tokens/q':>9} "
-          f"{'full test split':>14}")
+    print(
+        f"{args.model}, {model.dtype}, {model.config._attn_implementation} attention, "
+        f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), greedy, max "
+        f"{args.max_new_tokens} new tokens; load average before: {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'path':34} {'questions':>9} {'seconds':>8} {'q/s':>7} {'tok/s':>8} {'tokens/q':>9} {'full test split':>14}"
+    )
 
     loop_rate = None
     if args.loop_n:
@@ -85,11 +92,16 @@ def main() -> None:
         loop_rate = (len(prompts) / seconds, tokens / seconds)
         print(row("one at a time (HF generate loop)", len(prompts), seconds, tokens), flush=True)
     for batch_size in args.batch_size:
-        result = evaluate_model(model, tokenizer, questions, max_completion_length=args.max_new_tokens,
-                                batch_size=batch_size, progress=False)
+        result = evaluate_model(
+            model,
+            tokenizer,
+            questions,
+            max_completion_length=args.max_new_tokens,
+            batch_size=batch_size,
+            progress=False,
+        )
         tokens = sum(sum(record["completion_tokens"]) for record in result.records)
-        print(row(f"r1lite batched (batch_size {batch_size})", len(result.records), result.seconds, tokens),
-              end="")
+        print(row(f"r1lite batched (batch_size {batch_size})", len(result.records), result.seconds, tokens), end="")
         if loop_rate:
             q_ratio = len(result.records) / result.seconds / loop_rate[0]
             t_ratio = tokens / result.seconds / loop_rate[1]

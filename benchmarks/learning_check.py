@@ -37,13 +37,26 @@ def build_trainer(precision: str, gradient_checkpointing: bool, merged: bool, da
     from r1lite.models import load_model, lora_config
     from r1lite.prompts import SYSTEM_PROMPT
     from r1lite.rewards import build_reward_funcs
+
     model, tokenizer = load_model(MODEL, precision, device="cpu")
     dataset = load_prepared(str(dataset_dir), "train", SYSTEM_PROMPT, 0, ROWS, tokenizer, 256, SEED)
-    config = GRPOConfig(output_dir=str(out), use_cpu=True, bf16=precision == "bf16", max_steps=1,
-                        gradient_checkpointing=gradient_checkpointing, **RECIPE_GRPO)
-    trainer = CPUFastGRPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                      reward_funcs=build_reward_funcs("seed", None, "raise"), parts=FAST_PATH_PARTS if merged else (),
-                      peft_config=lora_config(LORA["r"], LORA["alpha"], LORA["dropout"], LORA["targets"]))
+    config = GRPOConfig(
+        output_dir=str(out),
+        use_cpu=True,
+        bf16=precision == "bf16",
+        max_steps=1,
+        gradient_checkpointing=gradient_checkpointing,
+        **RECIPE_GRPO,
+    )
+    trainer = CPUFastGRPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        reward_funcs=build_reward_funcs("seed", None, "raise"),
+        parts=FAST_PATH_PARTS if merged else (),
+        peft_config=lora_config(LORA["r"], LORA["alpha"], LORA["dropout"], LORA["targets"]),
+    )
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which this check does not run
     return trainer
@@ -59,8 +72,11 @@ def token_logps(trainer, model, inputs) -> torch.Tensor:
     with torch.no_grad(), trainer.accelerator.autocast():
         out = model(input_ids=ids, attention_mask=mask)
     logits = out.logits[:, inputs["prompt_ids"].size(1) - 1 : -1].float()
-    return torch.log_softmax(logits / trainer.temperature, dim=-1).gather(
-        -1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    return (
+        torch.log_softmax(logits / trainer.temperature, dim=-1)
+        .gather(-1, inputs["completion_ids"].unsqueeze(-1))
+        .squeeze(-1)
+    )
 
 
 def loss_and_grads(trainer, inputs) -> tuple[float, torch.Tensor]:

@@ -40,14 +40,32 @@ ROWS = 256  # enough distinct prompts for any benchmark length, cheap to prepare
 # The recipe's GRPO settings in today's TRL names (docs: seed-recipe.md). adamw_8bit needs CUDA; on a CPU
 # both configurations use adamw_torch (r1lite swaps it itself). Checkpoints are not part of a step.
 RECIPE_GRPO = {
-    "learning_rate": 5e-6, "adam_beta1": 0.9, "adam_beta2": 0.99, "weight_decay": 0.1, "warmup_steps": 0.1,
-    "lr_scheduler_type": "cosine", "optim": "adamw_torch", "logging_steps": 1, "per_device_train_batch_size": 8,
-    "gradient_accumulation_steps": 1, "num_generations": 8, "max_completion_length": 200, "max_grad_norm": 0.1,
-    "report_to": "none", "beta": 0.04, "loss_type": "grpo", "temperature": 1.0, "seed": SEED,
+    "learning_rate": 5e-6,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.99,
+    "weight_decay": 0.1,
+    "warmup_steps": 0.1,
+    "lr_scheduler_type": "cosine",
+    "optim": "adamw_torch",
+    "logging_steps": 1,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "num_generations": 8,
+    "max_completion_length": 200,
+    "max_grad_norm": 0.1,
+    "report_to": "none",
+    "beta": 0.04,
+    "loss_type": "grpo",
+    "temperature": 1.0,
+    "seed": SEED,
     "save_strategy": "no",
 }
-LORA = {"r": 64, "alpha": 64, "dropout": 0.0,
-        "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+LORA = {
+    "r": 64,
+    "alpha": 64,
+    "dropout": 0.0,
+    "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
 
 # What each lever changes in the plain-TRL run, applied on top of the recipe.
 LEVERS = {
@@ -112,12 +130,19 @@ def run_recipe(name: str, args: argparse.Namespace, out_dir: Path) -> list[dict]
     model, tokenizer = load_model(MODEL, precision, device="cpu")
     dataset = load_prepared(str(args.dataset), "train", SYSTEM_PROMPT, args.few_shot, ROWS, tokenizer, 256, SEED)
     config = GRPOConfig(
-        output_dir=str(out_dir), use_cpu=True, bf16=precision == "bf16", max_steps=args.warmup + args.steps,
+        output_dir=str(out_dir),
+        use_cpu=True,
+        bf16=precision == "bf16",
+        max_steps=args.warmup + args.steps,
         **{**RECIPE_GRPO, **options},
     )
     trainer = CPUFastGRPOTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-        reward_funcs=build_reward_funcs(args.reward_set, None, "raise"), parts=parts,
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        reward_funcs=build_reward_funcs(args.reward_set, None, "raise"),
+        parts=parts,
         peft_config=lora_config(LORA["r"], LORA["alpha"], LORA["dropout"], LORA["targets"]),
     )
     trainer.train()
@@ -130,11 +155,34 @@ def run_r1lite(args: argparse.Namespace, out_dir: Path) -> list[dict]:
     from r1lite.train import train
 
     grpo = {k: v for k, v in RECIPE_GRPO.items() if k != "save_strategy"}
-    argv = ["--model", MODEL, "--dataset", str(args.dataset), "--output_dir", str(out_dir),
-            "--max_train_samples", str(ROWS), "--max_prompt_length", "256", "--reward_set", args.reward_set,
-            "--few_shot", str(args.few_shot), "--lora_r", str(LORA["r"]), "--lora_alpha", str(LORA["alpha"]),
-            "--lora_dropout", str(LORA["dropout"]), "--lora_target_modules", *LORA["targets"],
-            "--max_steps", str(args.warmup + args.steps), "--save_steps", "100000"]
+    argv = [
+        "--model",
+        MODEL,
+        "--dataset",
+        str(args.dataset),
+        "--output_dir",
+        str(out_dir),
+        "--max_train_samples",
+        str(ROWS),
+        "--max_prompt_length",
+        "256",
+        "--reward_set",
+        args.reward_set,
+        "--few_shot",
+        str(args.few_shot),
+        "--lora_r",
+        str(LORA["r"]),
+        "--lora_alpha",
+        str(LORA["alpha"]),
+        "--lora_dropout",
+        str(LORA["dropout"]),
+        "--lora_target_modules",
+        *LORA["targets"],
+        "--max_steps",
+        str(args.warmup + args.steps),
+        "--save_steps",
+        "100000",
+    ]
     for key, value in grpo.items():
         argv += [f"--{key}", str(value)]
     train(parse_config(RunConfig, argv))
@@ -151,9 +199,13 @@ def child(args: argparse.Namespace) -> None:
         records = run(args, Path(tmp))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result = {
-        "config": args.child, "records": records, "peak_rss_mb": usage.ru_maxrss / 1024,
-        "threads": torch.get_num_threads(), "cpu_seconds": time.process_time() - cpu_before,
-        "wall_seconds": time.perf_counter() - wall_before, "load_before": load_before,
+        "config": args.child,
+        "records": records,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+        "cpu_seconds": time.process_time() - cpu_before,
+        "wall_seconds": time.perf_counter() - wall_before,
+        "load_before": load_before,
         "load_after": os.getloadavg()[0],
     }
     args.child_output.write_text(json.dumps(result))
@@ -192,10 +244,13 @@ def summarise(result: dict, warmup: int) -> dict:
 def print_table(summaries: list[dict]) -> None:
     rows = [("seconds/step (median)", "median_s_per_step", "{:.1f}"), ("  min..max", None, None)]
     rows += [(f"  {p}", p, "{:.1f}") for p in PHASE_KEYS]
-    rows += [("mean completion length", "mean_completion_length", "{:.0f}"),
-             ("generated tokens/s (whole step)", "generated_tokens_per_s", "{:.1f}"),
-             ("tokens/s while generating", "generation_tokens_per_s", "{:.1f}"),
-             ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"), ("load average (before, after)", None, None)]
+    rows += [
+        ("mean completion length", "mean_completion_length", "{:.0f}"),
+        ("generated tokens/s (whole step)", "generated_tokens_per_s", "{:.1f}"),
+        ("tokens/s while generating", "generation_tokens_per_s", "{:.1f}"),
+        ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+        ("load average (before, after)", None, None),
+    ]
     width = max(22, *(len(s["config"]) + 2 for s in summaries))
     print(f"{'':34}" + "".join(f"{s['config']:>{width}}" for s in summaries))
     for label, key, fmt in rows:
@@ -210,9 +265,11 @@ def print_table(summaries: list[dict]) -> None:
         print(f"{label:34}" + "".join(f"{c:>{width}}" for c in cells))
     base = summaries[0]
     for s in summaries[1:]:
-        print(f"ratio {base['config']} / {s['config']}: {base['median_s_per_step'] / s['median_s_per_step']:.2f}x "
-              f"seconds per step, {base['s_per_generated_token'] / s['s_per_generated_token']:.2f}x "
-              "seconds per generated token")
+        print(
+            f"ratio {base['config']} / {s['config']}: {base['median_s_per_step'] / s['median_s_per_step']:.2f}x "
+            f"seconds per step, {base['s_per_generated_token'] / s['s_per_generated_token']:.2f}x "
+            "seconds per generated token"
+        )
 
 
 def main(argv=None) -> None:
@@ -222,21 +279,48 @@ def main(argv=None) -> None:
     summaries = []
     for name in args.configs:
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            cmd = [sys.executable, __file__, "--child", name, "--child_output", out.name, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--dataset", str(args.dataset), "--reward_set", args.reward_set,
-                   "--few_shot", str(args.few_shot)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                name,
+                "--child_output",
+                out.name,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--dataset",
+                str(args.dataset),
+                "--reward_set",
+                args.reward_set,
+                "--few_shot",
+                str(args.few_shot),
+            ]
             print(f"[step_time] {name}: {args.warmup} warm-up + {args.steps} measured steps", flush=True)
             subprocess.run(cmd, check=True)
             summaries.append(summarise(json.loads(Path(out.name).read_text()), args.warmup))
     print_table(summaries)
     base = summaries[0]
     report = {
-        "settings": {"model": MODEL, "steps": args.steps, "warmup": args.warmup, "grpo": RECIPE_GRPO, "lora": LORA,
-                     "reward_set": args.reward_set, "few_shot": args.few_shot, "cpu_count": os.cpu_count()},
+        "settings": {
+            "model": MODEL,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "grpo": RECIPE_GRPO,
+            "lora": LORA,
+            "reward_set": args.reward_set,
+            "few_shot": args.few_shot,
+            "cpu_count": os.cpu_count(),
+        },
         "configs": summaries,
-        "ratios": {s["config"]: {"s_per_step": base["median_s_per_step"] / s["median_s_per_step"],
-                                 "s_per_token": base["s_per_generated_token"] / s["s_per_generated_token"]}
-                   for s in summaries[1:]},
+        "ratios": {
+            s["config"]: {
+                "s_per_step": base["median_s_per_step"] / s["median_s_per_step"],
+                "s_per_token": base["s_per_generated_token"] / s["s_per_generated_token"],
+            }
+            for s in summaries[1:]
+        },
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

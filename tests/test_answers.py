@@ -186,8 +186,7 @@ def test_lenient_check_agrees_with_gsm8k_labels():
             check = check_answer(row[key]["solution"], gold)
             if check.lenient != row[key]["is_correct"]:
                 disagreements.append(
-                    f"row {i} {key}: gold {gold!r}, read {check.last_number!r}, "
-                    f"labelled {row[key]['is_correct']}"
+                    f"row {i} {key}: gold {gold!r}, read {check.last_number!r}, labelled {row[key]['is_correct']}"
                 )
     total = len(rows) * len(model_keys)
     agreement = 1 - len(disagreements) / total

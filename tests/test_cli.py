@@ -47,12 +47,26 @@ def test_chat_with_and_without_adapter(tiny_model_dir, tmp_path, capsys, monkeyp
     real_build_prompt = chat_module.build_prompt
     monkeypatch.setattr(chat_module, "build_prompt", lambda q, s: seen.append(s) or real_build_prompt(q, s))
     adapter = tmp_path / "adapter"
-    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                   LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=2, target_modules=["q_proj"])
+    ).save_pretrained(adapter)
     question = "How many r's are in strawberry?"
     assert main(["chat", "--model", str(tiny_model_dir), "--max_completion_length", "5", question]) == 0
-    assert main(["chat", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--max_completion_length", "5",
-                 question]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                "--model",
+                str(tiny_model_dir),
+                "--adapter",
+                str(adapter),
+                "--max_completion_length",
+                "5",
+                question,
+            ]
+        )
+        == 0
+    )
     assert seen == [None, SYSTEM_PROMPT]  # the recipe's probe: bare template before, format prompt after
     assert capsys.readouterr().out.strip()
 
@@ -74,9 +88,24 @@ def test_empty_question_is_refused(capsys):
 
 
 def test_rewards_check_table(tiny_model_dir, gsm8k_dir, capsys):
-    code = main(["rewards", "check", "--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir),
-                 "--max_train_samples", "2", "--num_generations", "2", "--max_completion_length", "4",
-                 "--rewards", "tests.helpers:length_reward"])
+    code = main(
+        [
+            "rewards",
+            "check",
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            str(gsm8k_dir),
+            "--max_train_samples",
+            "2",
+            "--num_generations",
+            "2",
+            "--max_completion_length",
+            "4",
+            "--rewards",
+            "tests.helpers:length_reward",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "2 prompts x 2 completions" in out

@@ -14,6 +14,7 @@ from r1lite.train import build_grpo_config
 def parse_run_config(argv):
     return parse_config(RunConfig, argv)
 
+
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
 
@@ -152,25 +153,31 @@ def test_generation_defaults_per_command():
     chat = parse_config(ChatConfig, ["hello there"])
     assert chat.chat.question == "hello there"
     assert (chat.generation.temperature, chat.generation.top_p, chat.generation.max_completion_length) == (
-        0.8, 0.95, 1024)
+        0.8,
+        0.95,
+        1024,
+    )
     assert parse_config(EvalConfig, []).generation.temperature == 0.0  # greedy with one reply
     assert parse_config(EvalConfig, ["--num_generations", "4"]).generation.temperature == 0.8
     check = parse_config(RewardsCheckConfig, [])
     assert (check.data.max_train_samples, check.generation.num_generations) == (4, 8)
 
 
-@pytest.mark.parametrize("cls, argv, match", [
-    (EvalConfig, ["--baseline"], "pass --adapter"),
-    (EvalConfig, ["--max_eval_samples", "0"], "max_eval_samples must be positive"),
-    (EvalConfig, ["--max_eval_samples", "-3"], "max_eval_samples must be positive"),
-    (EvalConfig, ["--num_generations", "2", "--temperature", "0"], "temperature > 0"),
-    (EvalConfig, ["--top_p", "1.5"], "top_p"),
-    (EvalConfig, ["--backend", "tpu"], "backend"),
-    (ChatConfig, ["   "], "the question is empty"),
-    (RewardsCheckConfig, ["--num_generations", "1"], "at least 2"),
-    (RewardsCheckConfig, ["--rewards", "nope"], "unknown reward 'nope'"),
-    (SFTRunConfig, ["--init_adapter", "x"], "init_adapter is for r1lite train"),
-])
+@pytest.mark.parametrize(
+    "cls, argv, match",
+    [
+        (EvalConfig, ["--baseline"], "pass --adapter"),
+        (EvalConfig, ["--max_eval_samples", "0"], "max_eval_samples must be positive"),
+        (EvalConfig, ["--max_eval_samples", "-3"], "max_eval_samples must be positive"),
+        (EvalConfig, ["--num_generations", "2", "--temperature", "0"], "temperature > 0"),
+        (EvalConfig, ["--top_p", "1.5"], "top_p"),
+        (EvalConfig, ["--backend", "tpu"], "backend"),
+        (ChatConfig, ["   "], "the question is empty"),
+        (RewardsCheckConfig, ["--num_generations", "1"], "at least 2"),
+        (RewardsCheckConfig, ["--rewards", "nope"], "unknown reward 'nope'"),
+        (SFTRunConfig, ["--init_adapter", "x"], "init_adapter is for r1lite train"),
+    ],
+)
 def test_every_command_validates_before_loading_anything(cls, argv, match):
     with pytest.raises(ConfigError, match=match):
         parse_config(cls, argv)

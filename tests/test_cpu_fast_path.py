@@ -88,12 +88,25 @@ def test_lora_layers_refuses_what_it_cannot_merge(tiny_model_dir):
 
 
 def _grpo_args(out, **overrides):
-    return GRPOConfig(**{
-        "output_dir": str(out), "use_cpu": True, "bf16": False, "max_steps": 2, "per_device_train_batch_size": 4,
-        "num_generations": 4, "max_completion_length": 8, "learning_rate": 1e-2, "beta": 0.04,
-        "gradient_checkpointing": False, "logging_steps": 1, "report_to": "none", "save_strategy": "no", "seed": 0,
-        **overrides,
-    })
+    return GRPOConfig(
+        **{
+            "output_dir": str(out),
+            "use_cpu": True,
+            "bf16": False,
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "num_generations": 4,
+            "max_completion_length": 8,
+            "learning_rate": 1e-2,
+            "beta": 0.04,
+            "gradient_checkpointing": False,
+            "logging_steps": 1,
+            "report_to": "none",
+            "save_strategy": "no",
+            "seed": 0,
+            **overrides,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +125,11 @@ def fast_run(tmp_path_factory, tiny_model_dir, gsm8k_rows):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(attention, "grouped_attention", counted)  # what use_grouped_attention registers
         trainer = CPUFastGRPOTrainer(
-            model=str(tiny_model_dir), reward_funcs=[length_reward], args=_grpo_args(tmp_path_factory.mktemp("fast")),
-            train_dataset=dataset, peft_config=lora_config(4, 8, 0.0, TARGETS),
+            model=str(tiny_model_dir),
+            reward_funcs=[length_reward],
+            args=_grpo_args(tmp_path_factory.mktemp("fast")),
+            train_dataset=dataset,
+            peft_config=lora_config(4, 8, 0.0, TARGETS),
         )
         trainer.train()
     attention.use_grouped_attention(trainer.model)  # register the real function again for later tests
@@ -149,37 +165,71 @@ def test_every_part_of_the_fast_path_engaged(fast_run):
 def test_no_part_engages_when_left_out(tmp_path, tiny_model_dir, gsm8k_rows):
     dataset, _ = prepare(gsm8k_rows[:8])
     trainer = CPUFastGRPOTrainer(
-        model=str(tiny_model_dir), reward_funcs=[length_reward], args=_grpo_args(tmp_path, max_steps=1),
-        train_dataset=dataset, peft_config=lora_config(4, 8, 0.0, TARGETS), parts=(),
+        model=str(tiny_model_dir),
+        reward_funcs=[length_reward],
+        args=_grpo_args(tmp_path, max_steps=1),
+        train_dataset=dataset,
+        peft_config=lora_config(4, 8, 0.0, TARGETS),
+        parts=(),
     )
     trainer.train()
     assert trainer.merged_model is None and trainer.sampler.calls == 0 and trainer.log_probs.calls == 0
     assert trainer.model.config._attn_implementation != GROUPED_ATTENTION
     with pytest.raises(ValueError, match="unknown fast-path parts"):
-        CPUFastGRPOTrainer(model=str(tiny_model_dir), reward_funcs=[length_reward], args=_grpo_args(tmp_path),
-                           train_dataset=dataset, parts=("warp_drive",))
+        CPUFastGRPOTrainer(
+            model=str(tiny_model_dir),
+            reward_funcs=[length_reward],
+            args=_grpo_args(tmp_path),
+            train_dataset=dataset,
+            parts=("warp_drive",),
+        )
 
 
 def _train_argv(tiny_model_dir, gsm8k_dir, out, *extra):
     return [
-        "--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--output_dir", str(out),
-        "--max_train_samples", "8", "--max_steps", "1", "--precision", "fp32", "--per_device_train_batch_size", "4",
-        "--num_generations", "4", "--max_completion_length", "8", "--lora_r", "4", "--lora_alpha", "8",
-        "--rewards", "tests.helpers:length_reward", "--seed", "0", *extra,
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(gsm8k_dir / "train.jsonl"),
+        "--output_dir",
+        str(out),
+        "--max_train_samples",
+        "8",
+        "--max_steps",
+        "1",
+        "--precision",
+        "fp32",
+        "--per_device_train_batch_size",
+        "4",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "8",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--rewards",
+        "tests.helpers:length_reward",
+        "--seed",
+        "0",
+        *extra,
     ]
 
 
 @pytest.mark.parametrize("fast_path, trainer_class", [("true", CPUFastGRPOTrainer), ("false", GRPOTrainer)])
-def test_train_picks_the_trainer_and_logs_step_times(tmp_path, tiny_model_dir, gsm8k_dir, monkeypatch, fast_path,
-                                                     trainer_class):
+def test_train_picks_the_trainer_and_logs_step_times(
+    tmp_path, tiny_model_dir, gsm8k_dir, monkeypatch, fast_path, trainer_class
+):
     from r1lite import train as train_module
     from r1lite.config import RunConfig, parse_config
 
     built = []
     real_build = train_module.build_trainer
     monkeypatch.setattr(train_module, "build_trainer", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
-    train_module.train(parse_config(RunConfig, _train_argv(tiny_model_dir, gsm8k_dir, tmp_path,
-                                                          "--cpu_fast_path", fast_path)))
+    train_module.train(
+        parse_config(RunConfig, _train_argv(tiny_model_dir, gsm8k_dir, tmp_path, "--cpu_fast_path", fast_path))
+    )
     assert type(built[0]) is trainer_class  # exactly TRL's class when the fast path is off
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in records if "reward" in r)
@@ -197,8 +247,10 @@ def test_trl_internals_are_fenced_in_one_module():
     from r1lite.trl_compat import check_trl_version
 
     source = Path(__file__).resolve().parents[1] / "src" / "r1lite"
-    private = re.compile(r"\._(metrics|logs|generate_single_turn|calculate_rewards|get_per_token_logps|prepare_inputs|"
-                         r"ChunkedLogProbFunction|use_triton|entropy_bonus|iter_named_params|fix_param_name)")
+    private = re.compile(
+        r"\._(metrics|logs|generate_single_turn|calculate_rewards|get_per_token_logps|prepare_inputs|"
+        r"ChunkedLogProbFunction|use_triton|entropy_bonus|iter_named_params|fix_param_name)"
+    )
     offenders = [p.name for p in source.rglob("*.py") if p.name != "trl_compat.py" and private.search(p.read_text())]
     assert not offenders
     check_trl_version("1.16.3")

@@ -161,11 +161,14 @@ def _good_lines(gsm8k_rows, n=3):
     return [json.dumps(row) for row in gsm8k_rows[:n]]
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "dataset file not found"),
-    (b"", "is empty"),
-    (b"\n\n", "has no rows"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "dataset file not found"),
+        (b"", "is empty"),
+        (b"\n\n", "has no rows"),
+    ],
+)
 def test_missing_or_empty_files(tmp_path, content, message):
     path = tmp_path / "train.jsonl"
     if content is not None:
@@ -207,8 +210,12 @@ def test_a_parquet_file_with_the_wrong_schema_names_the_missing_field(tmp_path):
 
 
 def test_rows_with_missing_or_extra_columns(tmp_path, gsm8k_rows):
-    rows = [dict(gsm8k_rows[0], source="extra column, ignored"), {"question": "no answer here"}, gsm8k_rows[1],
-            {"question": "no marker", "answer": "it is 4"}]
+    rows = [
+        dict(gsm8k_rows[0], source="extra column, ignored"),
+        {"question": "no answer here"},
+        gsm8k_rows[1],
+        {"question": "no marker", "answer": "it is 4"},
+    ]
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     dataset, stats = prepare(load_rows(str(path)))

@@ -104,14 +104,21 @@ def test_score_question_reads_each_reply_both_ways():
 
 
 def test_summarise_one_reply_per_question():
-    records = [_record("18", [GOOD], 30), _record("18", [UNTAGGED], 8), _record("1000", [INLINE], 20),
-               _record("18", [WRONG_TAG], 10)]
+    records = [
+        _record("18", [GOOD], 30),
+        _record("18", [UNTAGGED], 8),
+        _record("1000", [INLINE], 20),
+        _record("18", [WRONG_TAG], 10),
+    ]
     assert summarise(records) == {
-        "n": 4, "num_samples": 1,
+        "n": 4,
+        "num_samples": 1,
         "accuracy_strict": 0.5,  # GOOD, and INLINE: '$1,000' equals '1000'
         "accuracy_lenient": 1.0,  # WRONG_TAG's last number is the 18 outside its tag
-        "format_strict": 0.25, "format_soft": 0.5,  # INLINE is tagged but not one tag per line
-        "mean_completion_tokens": 17.0, "clipped_ratio": 0.0,
+        "format_strict": 0.25,
+        "format_soft": 0.5,  # INLINE is tagged but not one tag per line
+        "mean_completion_tokens": 17.0,
+        "clipped_ratio": 0.0,
     }
 
 
@@ -177,8 +184,13 @@ def _hf_generate(model, tokenizer, prompt, max_new_tokens, eos):
     """Reference: transformers' own greedy generate, one prompt at a time, SDPA attention."""
     inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                pad_token_id=tokenizer.pad_token_id)
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
     return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
 
@@ -195,14 +207,23 @@ def test_batched_generation_equals_one_at_a_time(tiny, questions):
 def test_decode_drops_finished_rows_and_matches_generate(tiny, questions):
     model, tokenizer = tiny
     prompts = questions["prompt"]
-    encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"]
-               for p in prompts]
+    encoded = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts
+    ]
     batch = tokenizer.pad({"input_ids": encoded}, padding_side="left", return_tensors="pt")
 
     def run(eos: int) -> list[list[int]]:
         with torch.inference_mode():
-            return decode(model, batch["input_ids"], batch["attention_mask"], num_generations=1, temperature=0.0,
-                          top_p=1.0, max_completion_length=12, eos=[eos])
+            return decode(
+                model,
+                batch["input_ids"],
+                batch["attention_mask"],
+                num_generations=1,
+                temperature=0.0,
+                top_p=1.0,
+                max_completion_length=12,
+                eos=[eos],
+            )
 
     # Declare a token the first reply writes early to be end-of-sequence: that row leaves the batch mid-way.
     eos = run(eos=len(tokenizer) + 1)[0][3]
@@ -251,13 +272,21 @@ def test_periodic_eval_logs_eval_metrics_and_keeps_training_mode(tiny_model_dir,
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"),
+    )
     model.train()
     logged = []
     trainer = SimpleNamespace(callback_handler=SimpleNamespace(on_log=lambda a, s, c, logs: logged.append(logs)))
-    callback = PeriodicEval(questions, AutoTokenizer.from_pretrained(tiny_model_dir), every=2, trainer=trainer,
-                            max_completion_length=4, batch_size=8)
+    callback = PeriodicEval(
+        questions,
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+        every=2,
+        trainer=trainer,
+        max_completion_length=4,
+        batch_size=8,
+    )
     state, control = TrainerState(), TrainerControl()
     for step in (1, 2, 3):
         state.global_step = step
@@ -281,14 +310,33 @@ def _eval(capsys, *args) -> tuple[int, str, str]:
 
 def test_eval_writes_summary_and_per_question_files(tiny_model_dir, gsm8k_dir, tmp_path, capsys):
     output = tmp_path / "out" / "tiny.json"
-    code, out, _ = _eval(capsys, "--model", tiny_model_dir, "--dataset", gsm8k_dir, "--max_eval_samples", 4,
-                         "--max_completion_length", 8, "--output", output)
+    code, out, _ = _eval(
+        capsys,
+        "--model",
+        tiny_model_dir,
+        "--dataset",
+        gsm8k_dir,
+        "--max_eval_samples",
+        4,
+        "--max_completion_length",
+        8,
+        "--output",
+        output,
+    )
     assert code == 0 and "accuracy_strict" in out
     summary = json.loads(output.read_text())
     assert set(summary) == {"settings", "backend", "metrics", "seconds", "records"} and summary["backend"] == "hf"
     assert summary["settings"]["temperature"] == 0.0 and summary["settings"]["dataset_test_split"] == "test"
-    assert set(summary["metrics"]) == {"n", "num_samples", "accuracy_strict", "accuracy_lenient", "format_strict",
-                                       "format_soft", "mean_completion_tokens", "clipped_ratio"}
+    assert set(summary["metrics"]) == {
+        "n",
+        "num_samples",
+        "accuracy_strict",
+        "accuracy_lenient",
+        "format_strict",
+        "format_soft",
+        "mean_completion_tokens",
+        "clipped_ratio",
+    }
     assert summary["metrics"]["n"] == 4 and 0 < summary["metrics"]["mean_completion_tokens"] <= 8
     records = [json.loads(line) for line in (tmp_path / "out" / "tiny.jsonl").read_text().splitlines()]
     assert len(records) == 4
@@ -298,8 +346,21 @@ def test_eval_writes_summary_and_per_question_files(tiny_model_dir, gsm8k_dir, t
 
 def test_eval_with_samples_reports_pass_at_k(tiny_model_dir, gsm8k_dir, tmp_path, capsys):
     output = tmp_path / "sampled.json"
-    code, out, _ = _eval(capsys, "--model", tiny_model_dir, "--dataset", gsm8k_dir, "--max_eval_samples", 2,
-                         "--max_completion_length", 4, "--num_generations", 2, "--output", output)
+    code, out, _ = _eval(
+        capsys,
+        "--model",
+        tiny_model_dir,
+        "--dataset",
+        gsm8k_dir,
+        "--max_eval_samples",
+        2,
+        "--max_completion_length",
+        4,
+        "--num_generations",
+        2,
+        "--output",
+        output,
+    )
     assert code == 0
     summary = json.loads(output.read_text())
     assert summary["settings"]["temperature"] == 0.8
@@ -312,9 +373,22 @@ def test_eval_with_samples_reports_pass_at_k(tiny_model_dir, gsm8k_dir, tmp_path
 )
 def test_eval_prompting_options(tiny_model_dir, gsm8k_dir, tmp_path, capsys, prompt_args, system_prompt):
     output = tmp_path / "prompted.json"
-    code, _, _ = _eval(capsys, "--model", tiny_model_dir, "--dataset", gsm8k_dir, "--max_eval_samples", 1,
-                       "--max_completion_length", 2,
-                       "--few_shot", 1, "--output", output, *prompt_args)
+    code, _, _ = _eval(
+        capsys,
+        "--model",
+        tiny_model_dir,
+        "--dataset",
+        gsm8k_dir,
+        "--max_eval_samples",
+        1,
+        "--max_completion_length",
+        2,
+        "--few_shot",
+        1,
+        "--output",
+        output,
+        *prompt_args,
+    )
     assert code == 0
     settings = json.loads(output.read_text())["settings"]
     assert settings["system_prompt"] == system_prompt and settings["few_shot"] == 1
@@ -338,14 +412,29 @@ def _save_adapter(model_dir, target, hidden_size=None):
 def test_eval_baseline_writes_a_side_by_side_table(tiny_model_dir, gsm8k_dir, tmp_path, capsys):
     adapter = _save_adapter(tiny_model_dir, tmp_path / "run" / "adapter")
     output = tmp_path / "cmp.json"
-    code, out, _ = _eval(capsys, "--model", tiny_model_dir, "--adapter", adapter, "--baseline", "--dataset",
-                         gsm8k_dir, "--max_eval_samples", 3, "--max_completion_length", 6, "--output", output)
+    code, out, _ = _eval(
+        capsys,
+        "--model",
+        tiny_model_dir,
+        "--adapter",
+        adapter,
+        "--baseline",
+        "--dataset",
+        gsm8k_dir,
+        "--max_eval_samples",
+        3,
+        "--max_completion_length",
+        6,
+        "--output",
+        output,
+    )
     assert code == 0
     assert "| metric | base | adapter | difference |" in out
     summary = json.loads(output.read_text())
     assert set(summary) == {"settings", "backend", "base", "adapter", "difference", "table"}
     assert summary["difference"]["accuracy_strict"] == pytest.approx(
-        summary["adapter"]["metrics"]["accuracy_strict"] - summary["base"]["metrics"]["accuracy_strict"])
+        summary["adapter"]["metrics"]["accuracy_strict"] - summary["base"]["metrics"]["accuracy_strict"]
+    )
     assert (tmp_path / "cmp.md").read_text().count("|") > 10
     base_replies = [json.loads(line)["replies"] for line in (tmp_path / "cmp.base.jsonl").open()]
     adapter_replies = [json.loads(line)["replies"] for line in (tmp_path / "cmp.jsonl").open()]
@@ -356,8 +445,19 @@ def test_eval_baseline_writes_a_side_by_side_table(tiny_model_dir, gsm8k_dir, tm
 def test_eval_default_output_is_named_after_the_adapter(tiny_model_dir, gsm8k_dir, tmp_path, capsys, monkeypatch):
     adapter = _save_adapter(tiny_model_dir, tmp_path / "demo" / "adapter")
     monkeypatch.chdir(tmp_path)
-    code, _, _ = _eval(capsys, "--model", tiny_model_dir, "--adapter", adapter, "--dataset", gsm8k_dir,
-                       "--max_eval_samples", 1, "--max_completion_length", 2)
+    code, _, _ = _eval(
+        capsys,
+        "--model",
+        tiny_model_dir,
+        "--adapter",
+        adapter,
+        "--dataset",
+        gsm8k_dir,
+        "--max_eval_samples",
+        1,
+        "--max_completion_length",
+        2,
+    )
     assert code == 0
     assert (tmp_path / "eval" / "demo-adapter.json").is_file() and (tmp_path / "eval" / "demo-adapter.jsonl").is_file()
 
@@ -374,19 +474,40 @@ def _jsonl(path, rows):
         (lambda tmp, model, data: ["--dataset", data, "--baseline"], "pass --adapter"),
         (lambda tmp, model, data: ["--dataset", data, "--num_generations", 2, "--temperature", 0], "temperature"),
         (lambda tmp, model, data: ["--dataset", _jsonl(tmp / "empty.jsonl", [])], "empty.jsonl"),
-        (lambda tmp, model, data: ["--dataset", _jsonl(tmp / "nogold.jsonl", [{"question": "1+1?", "answer": "2"}])],
-         "####"),
-        (lambda tmp, model, data: ["--dataset", data, "--adapter", _save_adapter(model, tmp / "other", 48)],
-         "expects in_features 48, this model"),
+        (
+            lambda tmp, model, data: ["--dataset", _jsonl(tmp / "nogold.jsonl", [{"question": "1+1?", "answer": "2"}])],
+            "####",
+        ),
+        (
+            lambda tmp, model, data: ["--dataset", data, "--adapter", _save_adapter(model, tmp / "other", 48)],
+            "expects in_features 48, this model",
+        ),
         (lambda tmp, model, data: ["--dataset", data, "--adapter", tmp], "not a LoRA adapter"),
     ],
-    ids=["max-eval-samples-0", "baseline-without-adapter", "greedy-samples", "empty-file", "no-gold",
-         "mismatched-adapter", "not-an-adapter"],
+    ids=[
+        "max-eval-samples-0",
+        "baseline-without-adapter",
+        "greedy-samples",
+        "empty-file",
+        "no-gold",
+        "mismatched-adapter",
+        "not-an-adapter",
+    ],
 )
 def test_eval_errors_exit_2_with_a_message(tiny_model_dir, gsm8k_dir, tmp_path, capsys, make_args, message):
     args = make_args(tmp_path, tiny_model_dir, gsm8k_dir)
-    code, _, err = _eval(capsys, "--model", tiny_model_dir, "--max_completion_length", 2, "--max_eval_samples", 1,
-                         "--output", tmp_path / "e.json", *args)
+    code, _, err = _eval(
+        capsys,
+        "--model",
+        tiny_model_dir,
+        "--max_completion_length",
+        2,
+        "--max_eval_samples",
+        1,
+        "--output",
+        tmp_path / "e.json",
+        *args,
+    )
     assert code == 2
     assert "r1lite eval: error:" in err and message in err
 
@@ -417,17 +538,34 @@ class _ExplicitDevices(torch.overrides.TorchFunctionMode):
 def test_decode_makes_every_tensor_on_the_models_device(tiny, questions):
     model, tokenizer = tiny
     prompts = questions["prompt"]
-    encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"]
-               for p in prompts]
+    encoded = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts
+    ]
     batch = tokenizer.pad({"input_ids": encoded}, padding_side="left", return_tensors="pt")
     with torch.inference_mode():
-        first = decode(model, batch["input_ids"], batch["attention_mask"], num_generations=1, temperature=0.0,
-                       top_p=1.0, max_completion_length=12, eos=[len(tokenizer) + 1])
+        first = decode(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            num_generations=1,
+            temperature=0.0,
+            top_p=1.0,
+            max_completion_length=12,
+            eos=[len(tokenizer) + 1],
+        )
     eos = first[0][3]  # a token one reply writes early: that row leaves the batch mid-way
     mode = _ExplicitDevices()
     with torch.inference_mode(), mode:
-        out = decode(model, batch["input_ids"], batch["attention_mask"], num_generations=2, temperature=1.0,
-                     top_p=1.0, max_completion_length=12, eos=[eos])
+        out = decode(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            num_generations=2,
+            temperature=1.0,
+            top_p=1.0,
+            max_completion_length=12,
+            eos=[eos],
+        )
     assert mode.checked >= 2 and min(map(len, out)) < 12  # rows ended early, so the index paths ran
 
 
@@ -473,14 +611,27 @@ def test_vllm_backend_hands_the_whole_job_to_vllm(monkeypatch, tiny_model_dir):
     monkeypatch.setitem(sys.modules, "vllm.lora.request", lora)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompts = [[{"role": "user", "content": "2 + 2?"}], [{"role": "user", "content": "3 + 1?"}]]
-    replies = engine.vllm_generate_replies(str(tiny_model_dir), "runs/x/adapter", tokenizer, prompts,
-                                           num_generations=2, temperature=0.8, top_p=0.95, max_completion_length=8,
-                                           seed=3, lora_rank=16)
+    replies = engine.vllm_generate_replies(
+        str(tiny_model_dir),
+        "runs/x/adapter",
+        tokenizer,
+        prompts,
+        num_generations=2,
+        temperature=0.8,
+        top_p=0.95,
+        max_completion_length=8,
+        seed=3,
+        lora_rank=16,
+    )
     assert made["llm"]["enable_lora"] and made["llm"]["max_lora_rank"] == 16 and made["llm"]["seed"] == 3
     assert made["params"] == {"n": 2, "temperature": 0.8, "top_p": 0.95, "max_tokens": 8, "seed": 3}
     assert made["lora"] == ("adapter", 1, "runs/x/adapter")
-    assert made["prompts"][0]["prompt_token_ids"] == tokenizer.apply_chat_template(
-        prompts[0], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert (
+        made["prompts"][0]["prompt_token_ids"]
+        == tokenizer.apply_chat_template(prompts[0], add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+    )
     assert replies[0] == [engine.Reply("<answer>\n4\n</answer>", 3, False), engine.Reply("4 4 4", 8, True)]
     # auto picks vLLM only where it can run: a GPU and the package.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

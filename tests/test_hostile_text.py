@@ -13,7 +13,8 @@ from r1lite.rewards.corrected import CORRECTED_REWARDS
 from r1lite.rewards.seed import SEED_REWARDS
 
 _spec = importlib.util.spec_from_file_location(
-    "answer_check_speed", Path(__file__).resolve().parents[1] / "benchmarks" / "answer_check_speed.py")
+    "answer_check_speed", Path(__file__).resolve().parents[1] / "benchmarks" / "answer_check_speed.py"
+)
 _bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_bench)
 HOSTILE = _bench.INPUTS  # the benchmark's inputs, so that what is timed is what is tested
@@ -45,8 +46,9 @@ def test_the_answer_checker_reads_without_evaluating(label):
 def test_every_reward_scores_hostile_text(reward, label):
     if reward.startswith("seed.soft_format") and label in SEED_SLOW:
         pytest.skip("the recipe's own regex, kept as published: seconds on this input (docs/rewards.md)")
-    (score,) = REWARDS[reward](prompts=[[]], completions=[[{"role": "assistant", "content": HOSTILE[label]}]],
-                               answer=["18"])
+    (score,) = REWARDS[reward](
+        prompts=[[]], completions=[[{"role": "assistant", "content": HOSTILE[label]}]], answer=["18"]
+    )
     assert score is None or isinstance(score, float)
 
 

@@ -23,11 +23,13 @@ def test_embedded_model_materialises_once_and_generates(embedded_dir):
 
     model, tokenizer = load_model(str(embedded_dir), precision="fp32", device="cpu")
     inputs = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True, return_tensors="pt",
+        [{"role": "user", "content": "What is 2 + 3?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
         return_dict=True,
     )
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    reply = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    reply = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert out.shape[1] > inputs["input_ids"].shape[1] and reply.strip()
 
 
@@ -91,8 +93,11 @@ def test_adapter_that_does_not_fit(tmp_path, tiny_model_dir, embedded_dir):
     get_peft_model(big, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "a")
     tiny, _ = load_model(str(tiny_model_dir), "fp32", device="cpu")
     # Checked from the tensor headers before PEFT loads anything: the message names the base it needs.
-    with pytest.raises(ModelError, match=rf"trained on {embedded_dir}: its model.layers.0.self_attn.q_proj expects "
-                                         r"in_features 576, this model .* has in_features 32\. Pass --model"):
+    with pytest.raises(
+        ModelError,
+        match=rf"trained on {embedded_dir}: its model.layers.0.self_attn.q_proj expects "
+        r"in_features 576, this model .* has in_features 32\. Pass --model",
+    ):
         attach_adapter(tiny, tmp_path / "a")
     (tmp_path / "a" / "adapter_model.safetensors").unlink()  # a save that did not finish
     with pytest.raises(ModelError, match="no adapter_model.safetensors"):
@@ -101,8 +106,10 @@ def test_adapter_that_does_not_fit(tmp_path, tiny_model_dir, embedded_dir):
         attach_adapter(tiny, tmp_path / "missing")
 
 
-@pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float16), ((7, 0), torch.float16),
-                                               ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+@pytest.mark.parametrize(
+    "capability, dtype",
+    [((7, 5), torch.float16), ((7, 0), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+)
 def test_auto_precision_on_cuda_avoids_emulated_bf16(monkeypatch, capability, dtype):
     # A T4 (7.5) or V100 (7.0) reports bf16 as supported, by emulation: slower than fp16 there.
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
@@ -115,8 +122,10 @@ def test_model_init_kwargs_reach_the_model(tiny_model_dir):
     from r1lite.config import ModelArgs
     from r1lite.models import load_from_args
 
-    model, _ = load_from_args(ModelArgs(model=str(tiny_model_dir), precision="fp32", attn_implementation="eager",
-                                         torch_dtype="bfloat16"), device="cpu")
+    model, _ = load_from_args(
+        ModelArgs(model=str(tiny_model_dir), precision="fp32", attn_implementation="eager", torch_dtype="bfloat16"),
+        device="cpu",
+    )
     assert model.config._attn_implementation == "eager"
     assert next(model.parameters()).dtype == torch.bfloat16
 
@@ -128,8 +137,10 @@ def test_merged_copy_and_for_generation(tiny_model_dir):
     from r1lite.models import for_generation, merged_copy
 
     torch.manual_seed(0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                                LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     ids = torch.randint(0, 1000, (1, 9))
     with torch.no_grad():
         expected = peft_model(input_ids=ids).logits

@@ -18,12 +18,45 @@ DDP_CONFIG = REPO / "recipes" / "accelerate" / "ddp.yaml"
 
 def _launch(out: Path, embedded_dir: Path, gsm8k_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG), "--num_processes", "2",
-        "--mixed_precision", "no", "-m", "r1lite", "train",
-        "--model", str(embedded_dir), "--dataset", str(gsm8k_dir), "--output_dir", str(out),
-        "--max_train_samples", "16", "--save_steps", "1", "--per_device_train_batch_size", "4",
-        "--num_generations", "4", "--max_completion_length", "8", "--lora_r", "4", "--lora_alpha", "8",
-        "--precision", "fp32", "--gradient_checkpointing", "false", "--seed", "0", *extra,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(DDP_CONFIG),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "-m",
+        "r1lite",
+        "train",
+        "--model",
+        str(embedded_dir),
+        "--dataset",
+        str(gsm8k_dir),
+        "--output_dir",
+        str(out),
+        "--max_train_samples",
+        "16",
+        "--save_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "8",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--precision",
+        "fp32",
+        "--gradient_checkpointing",
+        "false",
+        "--seed",
+        "0",
+        *extra,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -42,7 +75,14 @@ def two_process_run(tmp_path_factory, embedded_dir, gsm8k_dir):
 def test_only_the_main_process_writes_the_run_directory(two_process_run):
     out = two_process_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "adapter", "checkpoint-1", "checkpoint-2", "completions", "config.yaml", "metrics.jsonl"]
+        "README.md",
+        "adapter",
+        "checkpoint-1",
+        "checkpoint-2",
+        "completions",
+        "config.yaml",
+        "metrics.jsonl",
+    ]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "reward" in r] == [1, 2]  # one record per step, not one per rank
     # Each step's completion log holds the whole generation batch once: 4 per process x 2 processes.

@@ -43,8 +43,9 @@ def test_full_fine_tuning_of_a_4bit_model_is_refused():
         preflight(_args(), _config("--load_in_4bit", "true", "--use_lora", "false"), "cuda")
 
 
-@pytest.mark.parametrize("env, name", [({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "zero3"),
-                                       ({"ACCELERATE_USE_FSDP": "true"}, "fsdp")])
+@pytest.mark.parametrize(
+    "env, name", [({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "zero3"), ({"ACCELERATE_USE_FSDP": "true"}, "fsdp")]
+)
 def test_4bit_with_sharding(monkeypatch, env, name):
     import r1lite.train as train_module
 
@@ -72,4 +73,3 @@ def test_colocate_with_more_processes_than_gpus(monkeypatch):
     preflight(_args(use_vllm=True, vllm_mode="server"), _config(), "cuda")
     monkeypatch.setattr(train_module, "_gpu_count", lambda: 2)
     preflight(_args(use_vllm=True), _config(), "cuda")
-

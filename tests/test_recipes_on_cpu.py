@@ -35,8 +35,17 @@ def _tiny_model_for(recipe: dict, tiny_model_dir: Path, tiny_qwen2_dir: Path) ->
 def test_recipe_trains_one_step_on_cpu(path, tmp_path, tiny_model_dir, tiny_qwen2_dir, gsm8k_dir, caplog):
     recipe = yaml.safe_load(path.read_text())
     model = _tiny_model_for(recipe, tiny_model_dir, tiny_qwen2_dir)
-    argv = ["--config", str(path), "--model", str(model), "--dataset", str(gsm8k_dir),
-            "--output_dir", str(tmp_path / "run"), *SHRINK]
+    argv = [
+        "--config",
+        str(path),
+        "--model",
+        str(model),
+        "--dataset",
+        str(gsm8k_dir),
+        "--output_dir",
+        str(tmp_path / "run"),
+        *SHRINK,
+    ]
     caplog.set_level(logging.WARNING)
     if path.read_text().startswith("# r1lite sft"):
         adapter = sft(parse_config(SFTRunConfig, argv))
@@ -54,5 +63,11 @@ def test_recipe_trains_one_step_on_cpu(path, tmp_path, tiny_model_dir, tiny_qwen
 
 def test_every_recipe_is_rehearsed():
     names = {p.name for p in RECIPES}
-    assert {"qwen2.5-3b-gsm8k.yaml", "qwen2.5-3b-gsm8k-bf16.yaml", "qwen2.5-3b-gsm8k-multi-gpu.yaml",
-            "cpu-demo.yaml", "cpu-sft.yaml", "cpu-arith.yaml"} <= names
+    assert {
+        "qwen2.5-3b-gsm8k.yaml",
+        "qwen2.5-3b-gsm8k-bf16.yaml",
+        "qwen2.5-3b-gsm8k-multi-gpu.yaml",
+        "cpu-demo.yaml",
+        "cpu-sft.yaml",
+        "cpu-arith.yaml",
+    } <= names

@@ -66,8 +66,12 @@ def test_a_raising_reward_names_itself_and_the_completion():
 def test_none_policy_scores_failures_none_and_counts_them():
     logged = {}
     func = guarded(failing_reward, "none")
-    scores = func(prompts=[[]] * 3, completions=COMPLETIONS, answer=["1"] * 3,
-                  log_metric=lambda key, value: logged.__setitem__(key, value))
+    scores = func(
+        prompts=[[]] * 3,
+        completions=COMPLETIONS,
+        answer=["1"] * 3,
+        log_metric=lambda key, value: logged.__setitem__(key, value),
+    )
     assert scores == [1.0, None, 1.0]
     assert logged == {"rewards/failing_reward/errors": 1.0}
 

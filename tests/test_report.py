@@ -22,14 +22,24 @@ STEPS = 30
 def train_record(step: int) -> dict:
     progress = step / STEPS
     return {
-        "step": step, "epoch": step / 300, "loss": 0.001 * step, "grad_norm": 0.2 + 0.01 * (step % 3),
-        "learning_rate": 5e-6 * (1 - progress), "reward": round(0.2 + 0.05 * step, 4), "reward_std": 0.3,
-        "rewards/xmlcount_reward/mean": 0.1 + 0.01 * step, "rewards/xmlcount_reward/std": 0.05,
+        "step": step,
+        "epoch": step / 300,
+        "loss": 0.001 * step,
+        "grad_norm": 0.2 + 0.01 * (step % 3),
+        "learning_rate": 5e-6 * (1 - progress),
+        "reward": round(0.2 + 0.05 * step, 4),
+        "reward_std": 0.3,
+        "rewards/xmlcount_reward/mean": 0.1 + 0.01 * step,
+        "rewards/xmlcount_reward/std": 0.05,
         "rewards/correctness_reward/mean": 2.0 * progress if step % 2 else None,
         "rewards/correctness_reward/std": 0.1,
-        "completions/mean_length": 100 + 2 * step, "completions/min_length": 50 + step,
-        "completions/max_length": 200.0, "completions/clipped_ratio": 0.5 * (1 - progress),
-        "frac_reward_zero_std": 1 - progress, "kl": 1e-4 * step, "entropy": 1.2 - 0.01 * step,
+        "completions/mean_length": 100 + 2 * step,
+        "completions/min_length": 50 + step,
+        "completions/max_length": 200.0,
+        "completions/clipped_ratio": 0.5 * (1 - progress),
+        "frac_reward_zero_std": 1 - progress,
+        "kl": 1e-4 * step,
+        "entropy": 1.2 - 0.01 * step,
         "step_time": 12.3,
     }
 
@@ -37,9 +47,12 @@ def train_record(step: int) -> dict:
 def sample(step: int, k: int) -> dict:
     reply = f"<reasoning>\nthought at step {step} #{k}\n</reasoning>\n<answer>\n{step + k}\n</answer>\n"
     return {
-        "step": step, "question": f"What is {step} + {k}?", "gold": str(step + k),
+        "step": step,
+        "question": f"What is {step} + {k}?",
+        "gold": str(step + k),
         "completion": reply,
-        "rewards": {"xmlcount_reward": 0.5, "correctness_reward": 2.0}, "reward": 2.5,
+        "rewards": {"xmlcount_reward": 0.5, "correctness_reward": 2.0},
+        "reward": 2.5,
     }
 
 
@@ -52,8 +65,12 @@ def run_dir(tmp_path):
     lines.append(json.dumps({"step": STEPS, "train_runtime": 370.5, "train_loss": 0.01}))
     lines.append('{"step": 31, "loss": 0.0')  # a run killed mid-write
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    config = {"model": "embedded:smollm2-135m-instruct", "learning_rate": 5e-6, "max_steps": STEPS,
-              "run_name": "synthetic-run"}
+    config = {
+        "model": "embedded:smollm2-135m-instruct",
+        "learning_rate": 5e-6,
+        "max_steps": STEPS,
+        "run_name": "synthetic-run",
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     samples = [sample(step, k) for step in (1, 10, 20, 30) for k in (0, 1)]
     (tmp_path / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
@@ -94,8 +111,9 @@ def test_html_is_self_contained_and_escaped(run_dir):
 
 
 def test_minimal_run_without_config_or_samples(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": s / 10}) + "\n"
-                                                    for s in range(1, 4)))
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "reward": s / 10}) + "\n" for s in range(1, 4))
+    )
     written = write_report(tmp_path, smooth=1)
     assert set(written) == {"rewards", "markdown", "html"}
     md = written["markdown"].read_text()

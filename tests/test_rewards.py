@@ -58,24 +58,16 @@ NORMAL = [
     pytest.param("xmlcount", ONE_LINE + "extra text", "18", 0.48, 0.49, id="xml-trailing-text"),
     pytest.param("xmlcount", ONE_LINE + "x" * 1000, "18", -1.5, 0.0, id="xml-clamped"),
     pytest.param("xmlcount", ONE_LINE + ONE_LINE, "18", 0.0, 0.0, id="xml-tags-twice"),
-    pytest.param(
-        "soft_format", "<reasoning>9*2=18</reasoning> <answer>18</answer>", "18", 0.5, 0.5, id="soft"
-    ),
+    pytest.param("soft_format", "<reasoning>9*2=18</reasoning> <answer>18</answer>", "18", 0.5, 0.5, id="soft"),
     pytest.param("soft_format", MULTI_LINE + "more", "18", 0.0, 0.5, id="soft-trailing-text"),
     pytest.param("soft_format", "Sure!\n" + MULTI_LINE, "18", 0.0, 0.0, id="soft-text-before"),
-    pytest.param(
-        "soft_format", "<reasoning>\nr\n</reasoning>\n<answer>\n18", "18", 0.0, 0.0, id="soft-unclosed"
-    ),
-    pytest.param(
-        "soft_format", "<answer>18</answer><reasoning>r</reasoning>", "18", 0.0, 0.0, id="soft-order"
-    ),
+    pytest.param("soft_format", "<reasoning>\nr\n</reasoning>\n<answer>\n18", "18", 0.0, 0.0, id="soft-unclosed"),
+    pytest.param("soft_format", "<answer>18</answer><reasoning>r</reasoning>", "18", 0.0, 0.0, id="soft-order"),
     pytest.param("strict_format", ONE_LINE, "18", 0.5, 0.5, id="strict"),
     pytest.param("strict_format", MULTI_LINE + "  \n", "18", 0.0, 0.5, id="strict-trailing-space"),
     pytest.param("strict_format", ONE_LINE + "more", "18", 0.0, 0.0, id="strict-text-after"),
     pytest.param("strict_format", " " + ONE_LINE, "18", 0.0, 0.0, id="strict-text-before"),
-    pytest.param(
-        "strict_format", ONE_LINE.replace("<answer>\n", "<answer>"), "18", 0.0, 0.0, id="strict-layout"
-    ),
+    pytest.param("strict_format", ONE_LINE.replace("<answer>\n", "<answer>"), "18", 0.0, 0.0, id="strict-layout"),
     pytest.param("strict_format", ONE_LINE + ONE_LINE, "18", 0.0, 0.0, id="strict-twice"),
     pytest.param(
         "strict_format",
@@ -146,9 +138,7 @@ PATHOLOGICAL = [
         id="100k-well-formed",
     ),
     pytest.param("<answer>" * 20_000, (0.0, 0.0, 0.0, 0.0, 0.0), id="answer-tags"),
-    pytest.param(
-        "<reasoning>" + "</reasoning> <answer>" * 5_000, (0.0, 0.0, 0.0, 0.0, 0.0), id="soft-boundaries"
-    ),
+    pytest.param("<reasoning>" + "</reasoning> <answer>" * 5_000, (0.0, 0.0, 0.0, 0.0, 0.0), id="soft-boundaries"),
     pytest.param(
         "<reasoning>\n" + "\n</reasoning>\n<answer>\n" * 4_000 + "\n</answer>",
         (0.25, 0.5, 0.0, 0.0, 0.0),

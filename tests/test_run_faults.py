@@ -25,22 +25,56 @@ STEPS = 8
 
 def _argv(model_dir, gsm8k_dir, out, *extra):
     return [
-        "--model", str(model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--output_dir", str(out),
-        "--max_train_samples", "32", "--max_steps", str(STEPS), "--save_steps", "1", "--precision", "fp32",
-        "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "8",
-        "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "1e-2", "--rewards", "tests.helpers:length_reward",
-        "--gradient_checkpointing", "false", "--seed", "0", "--logging_steps", "1", *extra,
+        "--model",
+        str(model_dir),
+        "--dataset",
+        str(gsm8k_dir / "train.jsonl"),
+        "--output_dir",
+        str(out),
+        "--max_train_samples",
+        "32",
+        "--max_steps",
+        str(STEPS),
+        "--save_steps",
+        "1",
+        "--precision",
+        "fp32",
+        "--per_device_train_batch_size",
+        "4",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "8",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--learning_rate",
+        "1e-2",
+        "--rewards",
+        "tests.helpers:length_reward",
+        "--gradient_checkpointing",
+        "false",
+        "--seed",
+        "0",
+        "--logging_steps",
+        "1",
+        *extra,
     ]
 
 
 def _steps(out: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
-            if '"reward"' in line]
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
 
 
 def _start(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "r1lite", "train", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    return subprocess.Popen(
+        [sys.executable, "-m", "r1lite", "train", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
 
 
 def _wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -59,8 +93,7 @@ def uninterrupted(tmp_path_factory, tiny_model_dir, gsm8k_dir):
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_loses_at_most_one_checkpoint_interval(tmp_path, tiny_model_dir, gsm8k_dir,
-                                                                   uninterrupted):
+def test_kill_9_then_resume_loses_at_most_one_checkpoint_interval(tmp_path, tiny_model_dir, gsm8k_dir, uninterrupted):
     out = tmp_path / "killed"
     process = _start(_argv(tiny_model_dir, gsm8k_dir, out, "--save_steps", "2"))
     _wait_for(lambda: (out / "metrics.jsonl").is_file() and len(_steps(out)) >= 3, process)  # past checkpoint-2
@@ -78,17 +111,24 @@ def test_kill_9_then_resume_loses_at_most_one_checkpoint_interval(tmp_path, tiny
     # The same data, in the same order, as the uninterrupted run; the scheduler continued where it stopped.
     for step in range(1, STEPS + 1):
         name = f"completions/completions_{step:05d}.parquet"
-        assert pd.read_parquet(out / name)["prompt"].astype(str).tolist() == \
-            pd.read_parquet(uninterrupted / name)["prompt"].astype(str).tolist(), step
+        assert (
+            pd.read_parquet(out / name)["prompt"].astype(str).tolist()
+            == pd.read_parquet(uninterrupted / name)["prompt"].astype(str).tolist()
+        ), step
     ours = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "reward" in r}
-    whole = {r["step"]: r for r in map(json.loads, (uninterrupted / "metrics.jsonl").read_text().splitlines())
-             if "reward" in r}
+    whole = {
+        r["step"]: r
+        for r in map(json.loads, (uninterrupted / "metrics.jsonl").read_text().splitlines())
+        if "reward" in r
+    }
     assert [ours[s]["learning_rate"] for s in ours] == [whole[s]["learning_rate"] for s in whole]
     same_rewards = [s for s in ours if ours[s]["reward"] == whole[s]["reward"]]
     trained, reference = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (out, uninterrupted))
     drift = max((trained[k] - reference[k]).abs().max().item() for k in reference)
-    print(f"kill -9: rewards equal to the uninterrupted run's on steps {same_rewards}; final adapter max |diff| "
-          f"{drift:.2e}")
+    print(
+        f"kill -9: rewards equal to the uninterrupted run's on steps {same_rewards}; final adapter max |diff| "
+        f"{drift:.2e}"
+    )
     assert same_rewards == list(range(1, STEPS + 1)) and drift < 1e-5  # RNG, optimizer and scheduler restored
 
 
@@ -107,8 +147,9 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(uninterrupted, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, tiny_model_dir, gsm8k_dir,
-                                                                         monkeypatch):
+def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(
+    tmp_path, tiny_model_dir, gsm8k_dir, monkeypatch
+):
     real_save = torch.save
     saves = []
 

@@ -18,12 +18,15 @@ def test_no_eval_exec_or_pickle_in_the_package():
     for path in SOURCE.rglob("*.py"):
         tree = ast.parse(path.read_text())
         # The builtins that run code (a method such as re.compile or model.eval is not one of them).
-        calls = {node.func.id for node in ast.walk(tree)
-                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
-        imports = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                   for alias in node.names}
-        imports |= {node.module.split(".")[0] for node in ast.walk(tree)
-                    if isinstance(node, ast.ImportFrom) and node.module}
+        calls = {
+            node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        }
+        imports = {
+            alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        imports |= {
+            node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+        }
         bad = (calls & {"eval", "exec", "compile", "__import__"}) | (imports & {"pickle", "marshal", "dill", "shelve"})
         if bad:
             offenders.append(f"{path.relative_to(SOURCE)}: {sorted(bad)}")

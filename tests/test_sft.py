@@ -17,8 +17,10 @@ def test_rows_are_training_prompts_with_target_replies(gsm8k_rows):
     rows = _sft_rows(gsm8k_rows[:5])
     assert len(rows) == 5
     first = rows[0]
-    assert first["prompt"] == [{"role": "system", "content": SYSTEM_PROMPT},
-                               {"role": "user", "content": gsm8k_rows[0]["question"]}]
+    assert first["prompt"] == [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": gsm8k_rows[0]["question"]},
+    ]
     (reply,) = first["completion"]
     assert reply["role"] == "assistant"
     assert reply["content"] == (
@@ -53,19 +55,63 @@ def test_sft_writes_an_adapter_and_config_that_train_can_start_from(tiny_model_d
     from r1lite.config import RunConfig, SFTRunConfig, parse_config
     from r1lite.train import train
 
-    adapter = sft(parse_config(SFTRunConfig, [
-        "--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--max_train_samples", "8",
-        "--max_steps", "2", "--per_device_train_batch_size", "4", "--lora_r", "4", "--precision", "fp32",
-        "--output_dir", str(tmp_path / "sft"), "--gradient_checkpointing", "false"]))
+    adapter = sft(
+        parse_config(
+            SFTRunConfig,
+            [
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                str(gsm8k_dir / "train.jsonl"),
+                "--max_train_samples",
+                "8",
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "4",
+                "--lora_r",
+                "4",
+                "--precision",
+                "fp32",
+                "--output_dir",
+                str(tmp_path / "sft"),
+                "--gradient_checkpointing",
+                "false",
+            ],
+        )
+    )
     assert (adapter / "adapter_model.safetensors").is_file()
     saved = yaml.safe_load((tmp_path / "sft" / "config.yaml").read_text())
     assert saved["max_steps"] == 2 and saved["lora_r"] == 4 and saved["max_train_samples"] == 8
     records = (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()
     assert len([r for r in records if '"loss"' in r]) == 2
-    out = train(parse_config(RunConfig, [
-        "--model", str(tiny_model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--init_adapter", str(adapter),
-        "--max_train_samples", "8", "--max_steps", "1", "--per_device_train_batch_size", "4",
-        "--num_generations", "4", "--max_completion_length", "8", "--precision", "fp32",
-        "--output_dir", str(tmp_path / "grpo"), "--gradient_checkpointing", "false",
-    ]))
+    out = train(
+        parse_config(
+            RunConfig,
+            [
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                str(gsm8k_dir / "train.jsonl"),
+                "--init_adapter",
+                str(adapter),
+                "--max_train_samples",
+                "8",
+                "--max_steps",
+                "1",
+                "--per_device_train_batch_size",
+                "4",
+                "--num_generations",
+                "4",
+                "--max_completion_length",
+                "8",
+                "--precision",
+                "fp32",
+                "--output_dir",
+                str(tmp_path / "grpo"),
+                "--gradient_checkpointing",
+                "false",
+            ],
+        )
+    )
     assert (out / "adapter_model.safetensors").is_file()

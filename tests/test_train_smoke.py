@@ -18,11 +18,37 @@ def parse_run_config(argv):
 
 def _argv(model_dir, gsm8k_dir, out, *extra):
     return [
-        "--model", str(model_dir), "--dataset", str(gsm8k_dir / "train.jsonl"), "--output_dir", str(out),
-        "--max_train_samples", "16", "--max_steps", "2", "--save_steps", "1", "--precision", "fp32",
-        "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "8",
-        "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "1e-2",
-        "--gradient_checkpointing", "false", "--seed", "0", *extra,
+        "--model",
+        str(model_dir),
+        "--dataset",
+        str(gsm8k_dir / "train.jsonl"),
+        "--output_dir",
+        str(out),
+        "--max_train_samples",
+        "16",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--precision",
+        "fp32",
+        "--per_device_train_batch_size",
+        "4",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "8",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--learning_rate",
+        "1e-2",
+        "--gradient_checkpointing",
+        "false",
+        "--seed",
+        "0",
+        *extra,
     ]
 
 
@@ -30,8 +56,23 @@ def _argv(model_dir, gsm8k_dir, out, *extra):
 def run_dir(tmp_path_factory, tiny_model_dir, gsm8k_dir):
     out = tmp_path_factory.mktemp("run")
     # Scores that differ within every group, so advantages (and gradients) are non-zero on a random model.
-    train(parse_run_config(_argv(tiny_model_dir, gsm8k_dir, out, "--rewards", "tests.helpers:length_reward",
-                                 "--eval_every", "1", "--max_eval_samples", "2", "--eval_max_completion_length", "4")))
+    train(
+        parse_run_config(
+            _argv(
+                tiny_model_dir,
+                gsm8k_dir,
+                out,
+                "--rewards",
+                "tests.helpers:length_reward",
+                "--eval_every",
+                "1",
+                "--max_eval_samples",
+                "2",
+                "--eval_max_completion_length",
+                "4",
+            )
+        )
+    )
     return out
 
 
@@ -56,8 +97,14 @@ def test_run_directory_contents(run_dir, gsm8k_dir):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "reward" in r]
     assert [r["step"] for r in steps] == [1, 2]
-    for key in ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length",
-                "rewards/length_reward/mean", "learning_rate"):
+    for key in (
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "completions/mean_length",
+        "rewards/length_reward/mean",
+        "learning_rate",
+    ):
         assert key in steps[0], key
     evals = [r for r in records if "eval/accuracy_strict" in r]
     assert [r["step"] for r in evals] == [1, 2]  # every step, as eval_every says
@@ -70,8 +117,10 @@ def test_run_directory_contents(run_dir, gsm8k_dir):
     samples, unreadable = read_samples(run_dir)
     assert unreadable == 0 and len(samples) == 2 * 4  # 2 steps x one group of 4
     assert {s["step"] for s in samples} == {1, 2}
-    questions = {json.loads(line)["question"]: json.loads(line)["answer"].rsplit("####", 1)[1].strip()
-                 for line in (gsm8k_dir / "train.jsonl").read_text().splitlines()}
+    questions = {
+        json.loads(line)["question"]: json.loads(line)["answer"].rsplit("####", 1)[1].strip()
+        for line in (gsm8k_dir / "train.jsonl").read_text().splitlines()
+    }
     assert all(s["gold"] == questions[s["question"]] for s in samples)  # each gold belongs to its question
     assert all(set(s["rewards"]) == {"length_reward"} for s in samples)
     assert (run_dir / "checkpoint-2").is_dir()
@@ -80,8 +129,19 @@ def test_run_directory_contents(run_dir, gsm8k_dir):
 
 
 def test_resume_continues_from_the_last_checkpoint(run_dir, tiny_model_dir, gsm8k_dir):
-    config = parse_run_config(_argv(tiny_model_dir, gsm8k_dir, run_dir, "--rewards", "tests.helpers:length_reward",
-                                     "--max_steps", "3", "--resume", "true"))
+    config = parse_run_config(
+        _argv(
+            tiny_model_dir,
+            gsm8k_dir,
+            run_dir,
+            "--rewards",
+            "tests.helpers:length_reward",
+            "--max_steps",
+            "3",
+            "--resume",
+            "true",
+        )
+    )
     train(config)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "reward" in r] == [1, 2, 3]  # steps 1-2 kept, not re-run
@@ -97,8 +157,17 @@ def test_a_second_run_into_the_same_directory_is_refused_unless_asked(run_dir, t
 
 def test_overwrite_replaces_the_earlier_run(tmp_path, tiny_model_dir, gsm8k_dir):
     out = tmp_path / "run"
-    argv = _argv(tiny_model_dir, gsm8k_dir, out, "--rewards", "tests.helpers:length_reward", "--max_steps", "1",
-                 "--save_steps", "1")
+    argv = _argv(
+        tiny_model_dir,
+        gsm8k_dir,
+        out,
+        "--rewards",
+        "tests.helpers:length_reward",
+        "--max_steps",
+        "1",
+        "--save_steps",
+        "1",
+    )
     train(parse_run_config(argv))
     (out / "completions" / "completions_00007.parquet").write_bytes(b"left by an earlier, longer run")
     train(parse_run_config([*argv, "--overwrite", "true"]))

@@ -45,8 +45,11 @@ def use_grouped_attention(model) -> bool:
 
     The formula has no attention dropout: a model whose config asks for it keeps its own attention."""
     config = model.config
-    if (model.device.type != "cpu" or config.model_type not in PLAIN_ATTENTION_MODELS
-            or getattr(config, "attention_dropout", 0.0)):
+    if (
+        model.device.type != "cpu"
+        or config.model_type not in PLAIN_ATTENTION_MODELS
+        or getattr(config, "attention_dropout", 0.0)
+    ):
         return False
     AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
     AttentionMaskInterface.register(GROUPED_ATTENTION, eager_mask)

@@ -81,8 +81,9 @@ class StepProgress(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc, unit="step",
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=state.max_steps, initial=state.global_step, desc=self.desc, unit="step", dynamic_ncols=True
+            )
         self.last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -125,14 +126,19 @@ class SignalWatch(TrainerCallback):
             self.checked_first = True
             constant = [n for n in self.reward_names if logs.get(f"rewards/{n}/std") == 0.0]
             if constant:
-                logger.warning("first step: rewards %s were constant over every completion. %s",
-                               ", ".join(constant), NO_SIGNAL_FIX)
+                logger.warning(
+                    "first step: rewards %s were constant over every completion. %s", ", ".join(constant), NO_SIGNAL_FIX
+                )
         frac = logs["frac_reward_zero_std"]
         self.streak = self.streak + 1 if frac is not None and frac >= ZERO_STD_THRESHOLD else 0
         if self.patience and self.streak == self.patience:
-            logger.warning("frac_reward_zero_std >= %.1f for %d steps in a row: almost no group has a reward "
-                           "difference, so the policy gets no gradient. %s", ZERO_STD_THRESHOLD, self.streak,
-                           NO_SIGNAL_FIX)
+            logger.warning(
+                "frac_reward_zero_std >= %.1f for %d steps in a row: almost no group has a reward "
+                "difference, so the policy gets no gradient. %s",
+                ZERO_STD_THRESHOLD,
+                self.streak,
+                NO_SIGNAL_FIX,
+            )
 
 
 class StepTime(TrainerCallback):
@@ -155,8 +161,9 @@ class StepTime(TrainerCallback):
             self.seconds.clear()
 
 
-def install(trainer, out: Path, reward_names: list[str] | None, patience: int = 0, resumed_step: int = 0,
-            desc: str = "GRPO") -> None:
+def install(
+    trainer, out: Path, reward_names: list[str] | None, patience: int = 0, resumed_step: int = 0, desc: str = "GRPO"
+) -> None:
     """Swap transformers' loss-only progress bar for ours and add the metrics writer (and for GRPO the warnings)."""
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(MetricsWriter(out / "metrics.jsonl", resumed_step, trainer.args.process_index == 0))
@@ -179,8 +186,12 @@ class PeriodicEval(TrainerCallback):
     def __init__(self, dataset, tokenizer, every: int, *, trainer=None, prefix: str = "eval/", **generation):
         from r1lite.engine import check_generation_settings
 
-        check_generation_settings(generation.get("num_generations", 1), generation.get("temperature", 0.0),
-                                  generation.get("max_completion_length", 512), generation.get("batch_size"))
+        check_generation_settings(
+            generation.get("num_generations", 1),
+            generation.get("temperature", 0.0),
+            generation.get("max_completion_length", 512),
+            generation.get("batch_size"),
+        )
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.every = every
@@ -207,8 +218,9 @@ class PeriodicEval(TrainerCallback):
         logs = {f"{self.prefix}{key}": value for key, value in result.metrics.items()}
         logs[f"{self.prefix}seconds"] = round(result.seconds, 1)
         self.history.append({"step": state.global_step, **logs})
-        logger.info("step %d: %s", state.global_step,
-                    ", ".join(f"{k}={v:.3f}" for k, v in logs.items() if isinstance(v, float)))
+        logger.info(
+            "step %d: %s", state.global_step, ", ".join(f"{k}={v:.3f}" for k, v in logs.items() if isinstance(v, float))
+        )
         if self.trainer is not None:
             state.log_history.append({**logs, "step": state.global_step})
             # CallbackHandler.on_log clears control.should_log, which would drop this step's training log.
@@ -273,8 +285,10 @@ class StopOnSignal(TrainerCallback):
             signal.raise_signal(signum)
             return
         self.signal = signum
-        logger.warning("%s received: finishing this step, then saving a checkpoint (send it again to stop at once)",
-                       signal.Signals(signum).name)
+        logger.warning(
+            "%s received: finishing this step, then saving a checkpoint (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.signal is not None:

@@ -26,9 +26,17 @@ def ask(model, tokenizer, question: str, config: ChatConfig) -> str:
     """One sampled reply; the system prompt is ChatArgs.prompt()'s (the format prompt when an adapter is loaded)."""
     g = config.generation
     prompt = build_prompt(question, config.chat.prompt())
-    (replies,) = generate_replies(model, tokenizer, [prompt], temperature=g.temperature, top_p=g.top_p,
-                                  max_completion_length=g.max_completion_length, batch_size=1, seed=g.seed,
-                                  progress=False)
+    (replies,) = generate_replies(
+        model,
+        tokenizer,
+        [prompt],
+        temperature=g.temperature,
+        top_p=g.top_p,
+        max_completion_length=g.max_completion_length,
+        batch_size=1,
+        seed=g.seed,
+        progress=False,
+    )
     return replies[0].text
 
 

@@ -87,8 +87,14 @@ def cmd_rewards(argv: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"train": cmd_train, "sft": cmd_sft, "chat": cmd_chat, "report": cmd_report, "rewards": cmd_rewards,
-            "eval": cmd_eval}
+HANDLERS = {
+    "train": cmd_train,
+    "sft": cmd_sft,
+    "chat": cmd_chat,
+    "report": cmd_report,
+    "rewards": cmd_rewards,
+    "eval": cmd_eval,
+}
 
 
 def _usage() -> str:

@@ -36,8 +36,10 @@ class ModelArgs:
     )
     precision: str = field(
         default="auto",
-        metadata={"help": "auto|bf16|fp16|fp32. auto: bf16 where the device computes it natively, else fp16 on "
-                  "CUDA (T4, V100: bf16 there is emulated and slow) and fp32 on CPU."},
+        metadata={
+            "help": "auto|bf16|fp16|fp32. auto: bf16 where the device computes it natively, else fp16 on "
+            "CUDA (T4, V100: bf16 there is emulated and slow) and fp32 on CPU."
+        },
     )
     load_in_4bit: bool = field(
         default=False, metadata={"help": "QLoRA: load the base model in 4-bit nf4 (bitsandbytes, CUDA only)."}
@@ -81,8 +83,10 @@ class LoraArgs:
 class DataArgs:
     dataset: str = field(
         default="openai/gsm8k",
-        metadata={"help": "Hub id (openai/gsm8k), a .jsonl/.json/.parquet file, a folder with train/test files, "
-                  "or the built-in task arith[:digits=2,num_ops=2,ops=+-*]."},
+        metadata={
+            "help": "Hub id (openai/gsm8k), a .jsonl/.json/.parquet file, a folder with train/test files, "
+            "or the built-in task arith[:digits=2,num_ops=2,ops=+-*]."
+        },
     )
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on (and to sample from)."})
     dataset_test_split: str = field(default="test", metadata={"help": "Split the held-out questions come from."})
@@ -98,13 +102,17 @@ class DataArgs:
     )
     max_prompt_length: int | None = field(
         default=None,
-        metadata={"help": "Drop (and count) rows whose prompt is longer than this many tokens; keeps the "
-                  "recipe's bound now that GRPOConfig no longer has one."},
+        metadata={
+            "help": "Drop (and count) rows whose prompt is longer than this many tokens; keeps the "
+            "recipe's bound now that GRPOConfig no longer has one."
+        },
     )
     few_shot: int = field(
         default=0,
-        metadata={"help": "Worked examples in the target format put before each question (cold start); never "
-                  "the asked question itself."},
+        metadata={
+            "help": "Worked examples in the target format put before each question (cold start); never "
+            "the asked question itself."
+        },
     )
 
     def prompt(self) -> str | None:
@@ -124,14 +132,18 @@ class RewardArgs:
     )
     on_reward_error: str = field(
         default="raise",
-        metadata={"help": "raise: a reward that raises, returns the wrong number of scores or a score that is not a "
-                  "finite number stops the step and names the completion. none: score it None (cannot verify) "
-                  "and count it in rewards/<name>/errors."},
+        metadata={
+            "help": "raise: a reward that raises, returns the wrong number of scores or a score that is not a "
+            "finite number stops the step and names the completion. none: score it None (cannot verify) "
+            "and count it in rewards/<name>/errors."
+        },
     )
     reward_timeout: float | None = field(
         default=None,
-        metadata={"help": "Seconds one reward call may take (opt-in; main thread only). Over it: an error, or with "
-                  "on_reward_error none the batch scores None, counted in rewards/<name>/timeouts."},
+        metadata={
+            "help": "Seconds one reward call may take (opt-in; main thread only). Over it: an error, or with "
+            "on_reward_error none the batch scores None, counted in rewards/<name>/timeouts."
+        },
     )
 
 
@@ -140,8 +152,10 @@ class OutputArgs:
     resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
     overwrite: bool = field(
         default=False,
-        metadata={"help": "Replace the run files (metrics, completions, checkpoints, adapter) of an earlier run in "
-                  "output_dir. Without it, or resume, r1lite refuses to mix two runs in one directory."},
+        metadata={
+            "help": "Replace the run files (metrics, completions, checkpoints, adapter) of an earlier run in "
+            "output_dir. Without it, or resume, r1lite refuses to mix two runs in one directory."
+        },
     )
 
     def validate(self) -> None:
@@ -153,14 +167,18 @@ class OutputArgs:
 class RunArgs:
     cpu_fast_path: bool = field(
         default=True,
-        metadata={"help": "On a CPU, train with CPUFastGRPOTrainer: sampling from a copy with the LoRA adapter "
-                  "merged in, by inverse CDF, with a grouped attention, and log-probabilities of the completion "
-                  "tokens only. Same sampling distribution and loss, faster steps (docs/speed.md)."},
+        metadata={
+            "help": "On a CPU, train with CPUFastGRPOTrainer: sampling from a copy with the LoRA adapter "
+            "merged in, by inverse CDF, with a grouped attention, and log-probabilities of the completion "
+            "tokens only. Same sampling distribution and loss, faster steps (docs/speed.md)."
+        },
     )
     eval_every: int = field(
         default=0,
-        metadata={"help": "Evaluate on held-out questions every N steps (and at the end), logged as eval/<metric>; "
-                  "0 = off. Main process only."},
+        metadata={
+            "help": "Evaluate on held-out questions every N steps (and at the end), logged as eval/<metric>; "
+            "0 = off. Main process only."
+        },
     )
     eval_max_completion_length: int = field(default=256, metadata={"help": "Greedy reply length when evaluating."})
     zero_std_patience: int = field(
@@ -179,8 +197,10 @@ class GenerationArgs:
     max_completion_length: int = field(default=512, metadata={"help": "New tokens per reply at most."})
     batch_size: int | None = field(
         default=None,
-        metadata={"help": "Sequences generated together (questions x replies). Unset: 64 on CPU, sized to the free "
-                  "memory on a GPU."},
+        metadata={
+            "help": "Sequences generated together (questions x replies). Unset: 64 on CPU, sized to the free "
+            "memory on a GPU."
+        },
     )
     backend: str = field(
         default="auto",
@@ -210,8 +230,10 @@ class ChatArgs:
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter directory (a run's adapter/)."})
     system_prompt: str | None = field(
         default=None,
-        metadata={"help": "Unset: the bare chat template without an adapter, the format prompt with one. "
-                  "'recipe' for the format prompt, '' for none."},
+        metadata={
+            "help": "Unset: the bare chat template without an adapter, the format prompt with one. "
+            "'recipe' for the format prompt, '' for none."
+        },
     )
 
     def prompt(self) -> str | None:
@@ -283,8 +305,12 @@ class RunConfig(CommandConfig):
     # Precision is resolved from `precision` at build time (GRPOConfig's own bf16=True fails on a CPU); metrics go to
     # metrics.jsonl, every step is logged; completions go to completions/*.parquet without printing them.
     defaults: ClassVar[dict[str, Any]] = {
-        "bf16": False, "report_to": "none", "logging_steps": 1, "output_dir": "runs/r1lite",
-        "log_completions": True, "num_completions_to_print": 0,
+        "bf16": False,
+        "report_to": "none",
+        "logging_steps": 1,
+        "output_dir": "runs/r1lite",
+        "log_completions": True,
+        "num_completions_to_print": 0,
     }
 
     @property
@@ -302,10 +328,13 @@ class RunConfig(CommandConfig):
         _check_choice("on_reward_error", self.rewards.on_reward_error, ("raise", "none"))
         if self.rewards.reward_timeout is not None and self.rewards.reward_timeout <= 0:
             raise ConfigError(f"reward_timeout must be positive seconds, got {self.rewards.reward_timeout}")
-        _check_positive(num_generations=g["num_generations"], max_completion_length=g["max_completion_length"],
-                        per_device_train_batch_size=g["per_device_train_batch_size"],
-                        gradient_accumulation_steps=g["gradient_accumulation_steps"],
-                        eval_max_completion_length=self.run.eval_max_completion_length)
+        _check_positive(
+            num_generations=g["num_generations"],
+            max_completion_length=g["max_completion_length"],
+            per_device_train_batch_size=g["per_device_train_batch_size"],
+            gradient_accumulation_steps=g["gradient_accumulation_steps"],
+            eval_max_completion_length=self.run.eval_max_completion_length,
+        )
         if g.get("max_steps", -1) == 0:
             raise ConfigError("max_steps must be positive (or -1 to train for num_train_epochs)")
         if self.run.eval_every < 0:
@@ -334,9 +363,17 @@ class SFTRunConfig(CommandConfig):
     prog: ClassVar[str] = "r1lite sft"
     trl_config: ClassVar[type] = SFTConfig
     defaults: ClassVar[dict[str, Any]] = {
-        "output_dir": "runs/sft", "max_steps": 100, "learning_rate": 2e-4, "per_device_train_batch_size": 8,
-        "logging_steps": 1, "save_steps": 50, "report_to": "none", "bf16": False, "max_length": 512,
-        "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
+        "output_dir": "runs/sft",
+        "max_steps": 100,
+        "learning_rate": 2e-4,
+        "per_device_train_batch_size": 8,
+        "logging_steps": 1,
+        "save_steps": 50,
+        "report_to": "none",
+        "bf16": False,
+        "max_length": 512,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,
     }
 
     @property
@@ -410,8 +447,12 @@ class RewardsCheckConfig(CommandConfig):
     remote: RemoteCodeArgs
 
     prog: ClassVar[str] = "r1lite rewards check"
-    defaults: ClassVar[dict[str, Any]] = {"max_train_samples": 4, "num_generations": 8, "temperature": 1.0,
-                                          "max_completion_length": 200}
+    defaults: ClassVar[dict[str, Any]] = {
+        "max_train_samples": 4,
+        "num_generations": 8,
+        "temperature": 1.0,
+        "max_completion_length": 200,
+    }
 
     def validate(self) -> None:
         from r1lite.rewards import resolve_rewards
@@ -461,15 +502,19 @@ def validate_lora(lora: LoraArgs) -> None:
 
 
 def validate_data(d: DataArgs) -> None:
-    _check_positive(max_train_samples=d.max_train_samples, max_eval_samples=d.max_eval_samples,
-                    max_prompt_length=d.max_prompt_length)
+    _check_positive(
+        max_train_samples=d.max_train_samples,
+        max_eval_samples=d.max_eval_samples,
+        max_prompt_length=d.max_prompt_length,
+    )
     if d.few_shot < 0:
         raise ConfigError(f"few_shot must be >= 0, got {d.few_shot}")
 
 
 def validate_generation(g: GenerationArgs) -> None:
-    _check_positive(num_generations=g.num_generations, max_completion_length=g.max_completion_length,
-                    batch_size=g.batch_size)
+    _check_positive(
+        num_generations=g.num_generations, max_completion_length=g.max_completion_length, batch_size=g.batch_size
+    )
     _check_choice("backend", g.backend, ("auto", "hf", "vllm"))
     if g.temperature is None:
         g.temperature = 0.0 if g.num_generations == 1 else 0.8  # greedy, or the recipe's sampling temperature

@@ -54,11 +54,22 @@ class CPULogProbs:
         self.tokens = tokens
         self.calls = 0  # how many times it scored: tests check that the fast path engaged
 
-    def apply(self, hidden, weight, bias, targets, temperature, chunk_size, softcap=None, logit_scale=1.0,
-              outputs=("log_probs",)):
+    def apply(
+        self,
+        hidden,
+        weight,
+        bias,
+        targets,
+        temperature,
+        chunk_size,
+        softcap=None,
+        logit_scale=1.0,
+        outputs=("log_probs",),
+    ):
         if softcap is not None or set(outputs) - {"log_probs", "entropy"}:
-            return self.trl_function.apply(hidden, weight, bias, targets, temperature, chunk_size, softcap,
-                                           logit_scale, outputs)
+            return self.trl_function.apply(
+                hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs
+            )
         self.calls += 1
         scale = logit_scale / temperature
         log_probs, entropies = [], []

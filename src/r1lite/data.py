@@ -78,8 +78,10 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     from datasets import load_dataset
 
     if path.suffix not in LOCAL_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(LOCAL_SUFFIXES)} "
-                        "with 'question' and 'answer' fields")
+        raise DataError(
+            f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(LOCAL_SUFFIXES)} "
+            "with 'question' and 'answer' fields"
+        )
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty")
     if path.suffix == ".jsonl":
@@ -101,15 +103,18 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(f"{path}, line {number}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                                "re-encode the file as UTF-8") from exc
+                raise DataError(
+                    f"{path}, line {number}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                    "re-encode the file as UTF-8"
+                ) from exc
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg}, column {exc.colno}); fix or "
-                                "delete that line") from exc
+                raise DataError(
+                    f"{path}, line {number}: not valid JSON ({exc.msg}, column {exc.colno}); fix or delete that line"
+                ) from exc
             if not isinstance(row, dict):
                 raise DataError(f"{path}, line {number}: a row is a JSON object with 'question' and 'answer'")
             rows.append(row)
@@ -124,8 +129,10 @@ def _check_columns(rows: list[dict[str, Any]], path: Path) -> None:
     missing = [name for name in ("question", "answer") if name not in found]
     if missing:
         names = " or ".join(f"'{name}'" for name in missing)
-        raise DataError(f"{path}: no {names} field in any row (fields found: {', '.join(sorted(found)) or 'none'}); "
-                        "GSM8K-style data has 'question' and 'answer'")
+        raise DataError(
+            f"{path}: no {names} field in any row (fields found: {', '.join(sorted(found)) or 'none'}); "
+            "GSM8K-style data has 'question' and 'answer'"
+        )
 
 
 def _read_hub(name: str, split: str) -> list[dict[str, Any]]:
@@ -258,7 +265,13 @@ def _report(stats: PrepStats, source: str, max_prompt_length: int | None) -> Non
         return
     logger.warning(
         "%s: kept %d rows, dropped %d (%d missing question/answer, %d without '####', %d prompts over %s tokens)",
-        source, stats.kept, stats.dropped, stats.missing_fields, stats.no_gold, stats.too_long, max_prompt_length,
+        source,
+        stats.kept,
+        stats.dropped,
+        stats.missing_fields,
+        stats.no_gold,
+        stats.too_long,
+        max_prompt_length,
     )
 
 

@@ -20,10 +20,10 @@ MAX_SCORES = {"xmlcount": 0.5, "soft_format": 0.5, "strict_format": 0.5, "int": 
 # Why a built-in reward is usually constant, and what to do about it.
 CAUSES = {
     "format": "the model (almost) never writes the complete <reasoning>/<answer> layout: add few_shot: 1 or start "
-              "from an SFT warm-up (r1lite sft, then init_adapter)",
+    "from an SFT warm-up (r1lite sft, then init_adapter)",
     "seed_format": "the recipe's regex has no re.DOTALL, so multi-line replies never match: use reward_set: default",
     "answer": "no completion has a tagged answer that is right: normal for a small model at the start; it "
-              "needs the format first (see the format rewards)",
+    "needs the format first (see the format rewards)",
 }
 
 
@@ -131,12 +131,22 @@ def rewards_check(config) -> str:
     if config.check.adapter:
         model = for_generation(attach_adapter(model, config.check.adapter))
     # One prompt's whole group per batch, sampled as GRPO does.
-    replies = generate_replies(model, tokenizer, data["prompt"], num_generations=g.num_generations,
-                               temperature=g.temperature, top_p=g.top_p, max_completion_length=g.max_completion_length,
-                               batch_size=g.num_generations, seed=g.seed)
+    replies = generate_replies(
+        model,
+        tokenizer,
+        data["prompt"],
+        num_generations=g.num_generations,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        max_completion_length=g.max_completion_length,
+        batch_size=g.num_generations,
+        seed=g.seed,
+    )
     groups = [[reply.text for reply in group] for group in replies]
     extra = {path: import_reward(path) for path in config.rewards.rewards if ":" in path or "." in path}
     source = f"{m.model}{' + ' + config.check.adapter if config.check.adapter else ''}"
-    header = f"\n{len(groups)} prompts x {g.num_generations} completions from {source} on {d.dataset} " \
-             f"[{d.dataset_train_split}]\n"
+    header = (
+        f"\n{len(groups)} prompts x {g.num_generations} completions from {source} on {d.dataset} "
+        f"[{d.dataset_train_split}]\n"
+    )
     return header + "\n" + format_table(check_all(data["prompt"], groups, data["answer"], extra))

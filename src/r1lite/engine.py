@@ -35,8 +35,9 @@ class Reply:
     clipped: bool  # cut by max_completion_length before an end-of-sequence token
 
 
-def check_generation_settings(num_generations: int, temperature: float, max_completion_length: int,
-                              batch_size: int | None) -> None:
+def check_generation_settings(
+    num_generations: int, temperature: float, max_completion_length: int, batch_size: int | None
+) -> None:
     if num_generations < 1:
         raise EvalError(f"num_generations must be at least 1, got {num_generations}")
     if temperature < 0:
@@ -44,8 +45,9 @@ def check_generation_settings(num_generations: int, temperature: float, max_comp
     if num_generations > 1 and temperature == 0:
         raise EvalError("num_generations > 1 needs a temperature > 0: greedy decoding would repeat one reply")
     if max_completion_length < 1 or (batch_size is not None and batch_size < 1):
-        raise EvalError(f"max_completion_length and batch_size must be positive, got {max_completion_length} and "
-                        f"{batch_size}")
+        raise EvalError(
+            f"max_completion_length and batch_size must be positive, got {max_completion_length} and {batch_size}"
+        )
 
 
 def _encode(tokenizer, prompt: list[dict] | str) -> list[int]:
@@ -74,8 +76,14 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tenso
 
 def _forward(model, tokens, mask, positions, cache) -> torch.Tensor:
     # use_cache explicitly: training with gradient checkpointing switches the model's default off.
-    out = model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=tokens,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     return out.logits[:, -1]  # (B, V)
 
 
@@ -86,8 +94,17 @@ def _same_device(device: torch.device, **tensors: torch.Tensor) -> None:
         raise RuntimeError(f"decode: tensors {wrong} are not on the model's device {device}")
 
 
-def decode(model, input_ids, attention_mask, *, num_generations: int, temperature: float, top_p: float,
-           max_completion_length: int, eos: list[int]) -> list[list[int]]:
+def decode(
+    model,
+    input_ids,
+    attention_mask,
+    *,
+    num_generations: int,
+    temperature: float,
+    top_p: float,
+    max_completion_length: int,
+    eos: list[int],
+) -> list[list[int]]:
     """Generated tokens (up to and including EOS) for each row of a left-padded batch, `num_generations`
     consecutive rows per prompt.
 
@@ -100,8 +117,9 @@ def decode(model, input_ids, attention_mask, *, num_generations: int, temperatur
     logits = _forward(model, input_ids, attention_mask, positions, cache)
     if num_generations > 1:
         cache.batch_repeat_interleave(num_generations)
-        logits, attention_mask, positions = (t.repeat_interleave(num_generations, dim=0)
-                                             for t in (logits, attention_mask, positions))
+        logits, attention_mask, positions = (
+            t.repeat_interleave(num_generations, dim=0) for t in (logits, attention_mask, positions)
+        )
     rows = torch.arange(logits.shape[0], device=device)  # which output row each batch row is
     position = positions[:, -1:]  # (B, 1)
     eos_tensor = torch.tensor(eos, device=device)
@@ -138,8 +156,16 @@ def auto_batch_size(model, max_tokens: int) -> int:
 
 
 def generate_replies(
-    model, tokenizer, prompts: Sequence[list[dict] | str], *, num_generations: int = 1, temperature: float = 0.0,
-    top_p: float = 1.0, max_completion_length: int = 512, batch_size: int | None = None, seed: int = 0,
+    model,
+    tokenizer,
+    prompts: Sequence[list[dict] | str],
+    *,
+    num_generations: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_completion_length: int = 512,
+    batch_size: int | None = None,
+    seed: int = 0,
     progress: bool = True,
 ) -> list[list[Reply]]:
     """`num_generations` replies per prompt; a batch holds `batch_size` sequences (batch_size // num_generations
@@ -161,9 +187,16 @@ def generate_replies(
             batch = tokenizer.pad(
                 {"input_ids": [encoded[i] for i in ids]}, padding_side="left", return_tensors="pt"
             ).to(model.device)
-            generated = decode(model, batch["input_ids"], batch["attention_mask"], num_generations=num_generations,
-                               temperature=temperature, top_p=top_p, max_completion_length=max_completion_length,
-                               eos=eos)
+            generated = decode(
+                model,
+                batch["input_ids"],
+                batch["attention_mask"],
+                num_generations=num_generations,
+                temperature=temperature,
+                top_p=top_p,
+                max_completion_length=max_completion_length,
+                eos=eos,
+            )
             for row, tokens in enumerate(generated):
                 clipped = tokens[-1] not in eos
                 text = tokenizer.decode(tokens, skip_special_tokens=True)
@@ -190,19 +223,35 @@ def pick_backend(backend: str) -> str:
 
 
 def vllm_generate_replies(
-    model_path: str, adapter: str | None, tokenizer, prompts: Sequence[list[dict] | str], *, num_generations: int = 1,
-    temperature: float = 0.0, top_p: float = 1.0, max_completion_length: int = 512, seed: int = 0,
-    gpu_memory_utilization: float = 0.85, lora_rank: int = 64,
+    model_path: str,
+    adapter: str | None,
+    tokenizer,
+    prompts: Sequence[list[dict] | str],
+    *,
+    num_generations: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_completion_length: int = 512,
+    seed: int = 0,
+    gpu_memory_utilization: float = 0.85,
+    lora_rank: int = 64,
 ) -> list[list[Reply]]:
     """The same replies as `generate_replies`, from vLLM: continuous batching fills the GPU by itself."""
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
     check_generation_settings(num_generations, temperature, max_completion_length, None)
-    llm = LLM(model=model_path, tokenizer=model_path, seed=seed, enable_lora=adapter is not None,
-              max_lora_rank=lora_rank, gpu_memory_utilization=gpu_memory_utilization)
-    params = SamplingParams(n=num_generations, temperature=temperature, top_p=top_p, max_tokens=max_completion_length,
-                            seed=seed)
+    llm = LLM(
+        model=model_path,
+        tokenizer=model_path,
+        seed=seed,
+        enable_lora=adapter is not None,
+        max_lora_rank=lora_rank,
+        gpu_memory_utilization=gpu_memory_utilization,
+    )
+    params = SamplingParams(
+        n=num_generations, temperature=temperature, top_p=top_p, max_tokens=max_completion_length, seed=seed
+    )
     lora = LoRARequest("adapter", 1, adapter) if adapter else None
     token_prompts = [{"prompt_token_ids": _encode(tokenizer, prompt)} for prompt in prompts]
     outputs = llm.generate(token_prompts, params, lora_request=lora)

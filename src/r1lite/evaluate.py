@@ -37,8 +37,13 @@ class EvalResult:
 def score(rows: list[dict[str, Any]], replies: list[list[Reply]], seconds: float) -> EvalResult:
     records = []
     for index, (row, group) in enumerate(zip(rows, replies, strict=True)):
-        scored = score_question(row["question"], row["answer"], [r.text for r in group],
-                                [r.num_tokens for r in group], [r.clipped for r in group])
+        scored = score_question(
+            row["question"],
+            row["answer"],
+            [r.text for r in group],
+            [r.num_tokens for r in group],
+            [r.clipped for r in group],
+        )
         records.append({"index": index, **scored})
     return EvalResult(summarise(records), records, seconds)
 
@@ -82,8 +87,13 @@ class _Evaluator:
         self.config, self.rows = config, rows
         g = config.generation
         self.backend = pick_backend(g.backend)
-        self.generation = dict(num_generations=g.num_generations, temperature=g.temperature, top_p=g.top_p,
-                               max_completion_length=g.max_completion_length, seed=g.seed)
+        self.generation = dict(
+            num_generations=g.num_generations,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            max_completion_length=g.max_completion_length,
+            seed=g.seed,
+        )
         self.hf_only = dict(batch_size=g.batch_size, progress=not config.eval.quiet)
         self.model = self.tokenizer = None
         if self.backend == "hf":
@@ -98,15 +108,22 @@ class _Evaluator:
         start = time.perf_counter()
         if self.backend == "vllm":
             adapter = self.config.eval.adapter if with_adapter else None
-            replies = vllm_generate_replies(resolve_model_path(self.config.model.model), adapter, self.tokenizer,
-                                            prompts, lora_rank=_adapter_rank(adapter), **self.generation)
+            replies = vllm_generate_replies(
+                resolve_model_path(self.config.model.model),
+                adapter,
+                self.tokenizer,
+                prompts,
+                lora_rank=_adapter_rank(adapter),
+                **self.generation,
+            )
         elif with_adapter or not self.config.eval.adapter:
             self.model = for_generation(self.model)
             replies = generate_replies(self.model, self.tokenizer, prompts, **self.hf_only, **self.generation)
         else:  # the base model: the same weights with the adapter switched off
             with self.model.disable_adapter():
-                replies = generate_replies(self.model.eval(), self.tokenizer, prompts, **self.hf_only,
-                                           **self.generation)
+                replies = generate_replies(
+                    self.model.eval(), self.tokenizer, prompts, **self.hf_only, **self.generation
+                )
         return score(self.rows, replies, time.perf_counter() - start)
 
 
@@ -119,11 +136,22 @@ def _adapter_rank(adapter: str | None) -> int:
 def eval_command(config: EvalConfig) -> str:
     """Run `r1lite eval`; return what to print (the metrics table and where the files went)."""
     m, d, e = config.model, config.data, config.eval
-    settings = {**asdict(m), **asdict(d), **asdict(config.generation), **asdict(e),
-                "system_prompt": config.system_prompt()}  # the prompt used, resolved
+    settings = {
+        **asdict(m),
+        **asdict(d),
+        **asdict(config.generation),
+        **asdict(e),
+        "system_prompt": config.system_prompt(),
+    }  # the prompt used, resolved
     # The questions first: a bad dataset fails in seconds, before a model is loaded.
-    dataset = load_prepared(d.dataset, d.dataset_test_split, config.system_prompt(), d.few_shot, d.max_eval_samples,
-                            seed=config.generation.seed)
+    dataset = load_prepared(
+        d.dataset,
+        d.dataset_test_split,
+        config.system_prompt(),
+        d.few_shot,
+        d.max_eval_samples,
+        seed=config.generation.seed,
+    )
     rows = dataset.to_list()
     if not rows:
         raise EvalError(f"{d.dataset} [{d.dataset_test_split}] has no usable questions")

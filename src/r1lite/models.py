@@ -146,14 +146,23 @@ def _quantization_config(load_in_4bit: bool, device: str, dtype: torch.dtype, qu
         raise ModelError("load_in_4bit needs bitsandbytes: pip install 'r1lite[gpu]'")
     storage = {"bnb_4bit_quant_storage": getattr(torch, quant_storage)} if quant_storage else {}
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_use_double_quant=True,
         **storage,
     )
 
 
 def load_model(
-    model: str, precision: str = "auto", load_in_4bit: bool = False, device: str | None = None, *,
-    attn_implementation: str | None = None, torch_dtype: str | None = None, bnb_4bit_quant_storage: str | None = None,
+    model: str,
+    precision: str = "auto",
+    load_in_4bit: bool = False,
+    device: str | None = None,
+    *,
+    attn_implementation: str | None = None,
+    torch_dtype: str | None = None,
+    bnb_4bit_quant_storage: str | None = None,
     trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, with clear errors for the usual ways this goes wrong.
@@ -169,8 +178,11 @@ def load_model(
         tokenizer = load_tokenizer(path, trust_remote_code)
         quant = _quantization_config(load_in_4bit, device, dtype, bnb_4bit_quant_storage)
         loaded = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, torch_dtype) if torch_dtype else dtype, quantization_config=quant,
-            trust_remote_code=trust_remote_code, **init_kwargs,
+            path,
+            dtype=getattr(torch, torch_dtype) if torch_dtype else dtype,
+            quantization_config=quant,
+            trust_remote_code=trust_remote_code,
+            **init_kwargs,
         )
     except OSError as exc:
         raise ModelError(
@@ -198,8 +210,10 @@ def attach_adapter(model: PreTrainedModel, adapter: str | Path, trainable: bool 
         raise ModelError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
-        raise ModelError(f"{adapter} has an adapter_config.json but no adapter_model.safetensors: the save did not "
-                         "finish; use another checkpoint")
+        raise ModelError(
+            f"{adapter} has an adapter_config.json but no adapter_model.safetensors: the save did not "
+            "finish; use another checkpoint"
+        )
     _check_adapter_fits(model, adapter, weights)
     try:
         return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
@@ -229,16 +243,23 @@ def _check_adapter_fits(model: PreTrainedModel, adapter: Path, weights: Path) ->
             have = getattr(layer, "in_features", None)
             if layer is None or (have is not None and have != wanted):
                 found = "no such layer" if layer is None else f"in_features {have}"
-                raise ModelError(f"adapter {adapter} was trained on {base}: its {name} expects in_features "
-                                 f"{wanted}, this model ({model.config.name_or_path}) has {found}. Pass "
-                                 f"--model {base}")
+                raise ModelError(
+                    f"adapter {adapter} was trained on {base}: its {name} expects in_features "
+                    f"{wanted}, this model ({model.config.name_or_path}) has {found}. Pass "
+                    f"--model {base}"
+                )
 
 
 def load_from_args(args, device: str | None = None, trust_remote_code: bool = False):
     """`load_model` with a command's model section (config.ModelArgs)."""
     return load_model(
-        args.model, args.precision, args.load_in_4bit, device, attn_implementation=args.attn_implementation,
-        torch_dtype=args.torch_dtype, bnb_4bit_quant_storage=args.bnb_4bit_quant_storage,
+        args.model,
+        args.precision,
+        args.load_in_4bit,
+        device,
+        attn_implementation=args.attn_implementation,
+        torch_dtype=args.torch_dtype,
+        bnb_4bit_quant_storage=args.bnb_4bit_quant_storage,
         trust_remote_code=trust_remote_code,
     )
 
@@ -288,8 +309,10 @@ def merged_copy(model: PeftModel) -> PreTrainedModel:
     """A plain copy of a PEFT model with the adapter merged in, for generation only; the PEFT model is untouched.
     `refresh_merged` updates it after the adapter has trained."""
     if getattr(model.get_base_model(), "hf_quantizer", None) is not None:
-        raise ModelError("a 4-bit model cannot hold merged weights without rounding the adapter into 4 bits; "
-                         "generate from the PEFT model itself")
+        raise ModelError(
+            "a 4-bit model cannot hold merged weights without rounding the adapter into 4 bits; "
+            "generate from the PEFT model itself"
+        )
     merged = for_generation(copy.deepcopy(model))
     # GRPOTrainer replaces the model's forward (its fused LM head) by a closure over the original model: a deep
     # copy keeps that closure, and would keep running the training model. Generation needs the class's forward.
@@ -313,4 +336,3 @@ def refresh_merged(target: torch.nn.Module, layers: dict[str, torch.nn.Module]) 
                     merged = merged + layer.get_delta_weight(adapter).float()
         weight = target.get_submodule(name).weight
         weight.copy_(merged.to(weight.dtype))
-

@@ -22,13 +22,17 @@ C = TypeVar("C")
 
 # Names recipes used before the names were unified; an old recipe gets told the new name.
 RENAMED = {
-    "dataset_split": "dataset_train_split", "eval_split": "dataset_test_split", "eval_limit": "max_eval_samples",
-    "eval_max_new_tokens": "eval_max_completion_length", "limit": "max_eval_samples", "n": "max_train_samples",
-    "num_samples": "num_generations", "max_new_tokens": "max_completion_length",
+    "dataset_split": "dataset_train_split",
+    "eval_split": "dataset_test_split",
+    "eval_limit": "max_eval_samples",
+    "eval_max_new_tokens": "eval_max_completion_length",
+    "limit": "max_eval_samples",
+    "n": "max_train_samples",
+    "num_samples": "num_generations",
+    "max_new_tokens": "max_completion_length",
     "split": "dataset_train_split (train, sft, rewards check) or dataset_test_split (eval)",
     "sample_every": "nothing: completions of every logged step go to completions/*.parquet (TRL's log_completions)",
 }
-
 
 
 class _Parser(HfArgumentParser):
@@ -45,8 +49,13 @@ def build_parser(cls) -> _Parser:
     parser.set_defaults(**cls.defaults)
     parser.add_argument("--config", default=None, help="Flat YAML recipe; command-line flags override it.")
     if "chat" in cls.section_types():
-        parser.add_argument("positional_question", nargs="?", default=None, metavar="QUESTION",
-                            help="the question to ask once (same as --question)")
+        parser.add_argument(
+            "positional_question",
+            nargs="?",
+            default=None,
+            metavar="QUESTION",
+            help="the question to ask once (same as --question)",
+        )
     return parser
 
 

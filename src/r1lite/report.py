@@ -27,14 +27,23 @@ from r1lite.errors import ReportError
 logger = logging.getLogger(__name__)
 
 # TRL's end-of-training record: whole-run numbers, not series.
-SUMMARY_KEYS = (
-    "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"
-)
+SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos")
 NOT_PLOTTED = {"step", "epoch", *SUMMARY_KEYS}
 SCHEDULES = {"learning_rate", "num_tokens"}  # set by the trainer, not noisy: drawn as they are
 # The metrics table, in this order (reward means and eval keys are added where they are found).
-TABLE_KEYS = ("reward", "reward_std", "completions/mean_length", "completions/clipped_ratio",
-              "frac_reward_zero_std", "kl", "entropy", "loss", "grad_norm", "learning_rate", "step_time")
+TABLE_KEYS = (
+    "reward",
+    "reward_std",
+    "completions/mean_length",
+    "completions/clipped_ratio",
+    "frac_reward_zero_std",
+    "kl",
+    "entropy",
+    "loss",
+    "grad_norm",
+    "learning_rate",
+    "step_time",
+)
 
 Series = tuple[list[float], list[float]]  # (steps, values), sorted by step
 
@@ -108,8 +117,9 @@ def _load_metrics(run_dir: Path) -> tuple[dict[str, Series], dict[str, float], l
         )
     records, bad = read_jsonl(path)
     if bad:
-        logger.warning("%s: skipped unreadable line(s) %s (a run stopped mid-write leaves one)", path,
-                       ", ".join(map(str, bad)))
+        logger.warning(
+            "%s: skipped unreadable line(s) %s (a run stopped mid-write leaves one)", path, ", ".join(map(str, bad))
+        )
     series = collect_series(records)
     if not series:
         raise ReportError(
@@ -173,14 +183,21 @@ def plan_plots(series: dict[str, Series], smooth: int | None) -> list[Plot]:
     time_keys = sorted(k for k in series if k.startswith("time/") or k == "step_time")
     plots = [
         Plot("rewards", "Rewards (mean over completions)", panels(reward_keys), window),
-        Plot("completion_length", "Completion length (tokens)",
-             length + panels(["completions/clipped_ratio"]), window),
-        Plot("reward_signal", "Learning signal: groups whose rewards all tie",
-             panels(["frac_reward_zero_std", "reward_std"]), window),
+        Plot("completion_length", "Completion length (tokens)", length + panels(["completions/clipped_ratio"]), window),
+        Plot(
+            "reward_signal",
+            "Learning signal: groups whose rewards all tie",
+            panels(["frac_reward_zero_std", "reward_std"]),
+            window,
+        ),
         Plot("kl_entropy", "KL to the reference and policy entropy", panels(["kl", "entropy"]), window),
         Plot("optimization", "Optimisation", panels(["learning_rate", "loss", "grad_norm"]), window),
-        Plot("eval", "Evaluation", panels(eval_keys),
-             smooth or default_window(max((len(series[k][0]) for k in eval_keys), default=1))),
+        Plot(
+            "eval",
+            "Evaluation",
+            panels(eval_keys),
+            smooth or default_window(max((len(series[k][0]) for k in eval_keys), default=1)),
+        ),
         Plot("time", "Time per step (seconds)", panels(time_keys), window),
     ]
     shown = {p.key for plot in plots for p in plot.panels}
@@ -212,11 +229,24 @@ def draw(plot: Plot, path: Path) -> Path:
             if low_x == high_x == steps:
                 ax.fill_between(steps, low, high, color="tab:blue", alpha=0.12, label="min–max")
         smooth = panel.smooth and plot.window > 1 and len(values) > 2
-        ax.plot(steps, values, color="tab:blue", alpha=0.35 if smooth else 1.0, lw=0.8,
-                marker="." if len(values) < 60 else None, ms=4, label="raw")
+        ax.plot(
+            steps,
+            values,
+            color="tab:blue",
+            alpha=0.35 if smooth else 1.0,
+            lw=0.8,
+            marker="." if len(values) < 60 else None,
+            ms=4,
+            label="raw",
+        )
         if smooth:
-            ax.plot(steps, moving_average(values, plot.window), color="tab:blue", lw=2,
-                    label=f"moving average ({plot.window})")
+            ax.plot(
+                steps,
+                moving_average(values, plot.window),
+                color="tab:blue",
+                lw=2,
+                label=f"moving average ({plot.window})",
+            )
         ax.set_title(panel.key, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(_ylabel(panel.key))
@@ -288,11 +318,16 @@ def read_samples(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
         reward_columns = [c for c in frame.columns if c not in ("step", "prompt", "completion", "advantage", "gold")]
         for row in frame.to_dict("records"):
             rewards = {c: row[c] for c in reward_columns}
-            samples.append({
-                "step": row.get("step"), "question": _last_content(row.get("prompt")), "gold": row.get("gold", ""),
-                "completion": _last_content(row.get("completion")), "rewards": rewards,
-                "reward": sum(v for v in rewards.values() if isinstance(v, float) and v == v),  # NaN: cannot verify
-            })
+            samples.append(
+                {
+                    "step": row.get("step"),
+                    "question": _last_content(row.get("prompt")),
+                    "gold": row.get("gold", ""),
+                    "completion": _last_content(row.get("completion")),
+                    "rewards": rewards,
+                    "reward": sum(v for v in rewards.values() if isinstance(v, float) and v == v),  # NaN: cannot verify
+                }
+            )
     return samples, bad
 
 
@@ -350,8 +385,14 @@ def to_markdown(c: Content) -> str:
         for s in samples:
             # Escaped so that a tag in a question shows as text rather than vanishing as HTML.
             question = html.escape(str(s.get("question", "")), quote=False)
-            lines += [f"**Question:** {question}", "", f"**Gold:** `{s.get('gold', '')}` · "
-                      f"**Reward:** {_reward_text(s)}", "", _fence(s["completion"]), ""]
+            lines += [
+                f"**Question:** {question}",
+                "",
+                f"**Gold:** `{s.get('gold', '')}` · **Reward:** {_reward_text(s)}",
+                "",
+                _fence(s["completion"]),
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -364,13 +405,18 @@ pre{background:#f6f8fa;padding:10px;white-space:pre-wrap;border-radius:4px}img{m
 
 def to_html(c: Content) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>r1lite report: {e(c.name)}</title>",
-             f"<style>{CSS}</style></head><body><h1>Training report: {e(c.name)}</h1>",
-             f"<p>Run directory: <code>{e(str(c.run_dir))}</code></p><ul>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>r1lite report: {e(c.name)}</title>",
+        f"<style>{CSS}</style></head><body><h1>Training report: {e(c.name)}</h1>",
+        f"<p>Run directory: <code>{e(str(c.run_dir))}</code></p><ul>",
+    ]
     parts += [f"<li>{e(note)}</li>" for note in c.notes]
     header = "".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER)
-    parts += ["</ul><h2>Config</h2><details open><summary>config.yaml</summary>",
-              f"<pre>{e(c.config_text)}</pre></details>", f"<h2>Final metrics</h2><table><tr>{header}</tr>"]
+    parts += [
+        "</ul><h2>Config</h2><details open><summary>config.yaml</summary>",
+        f"<pre>{e(c.config_text)}</pre></details>",
+        f"<h2>Final metrics</h2><table><tr>{header}</tr>",
+    ]
     parts += ["<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in c.table]
     parts += ["</table><h2>Plots</h2>"]
     for title, png in c.plots:
@@ -380,9 +426,11 @@ def to_html(c: Content) -> str:
     for label, step, samples in c.samples:
         parts.append(f"<h3>{e(label)} of training (step {step:g})</h3>")
         for s in samples:
-            parts.append(f"<div class='sample'><p><b>Question:</b> {e(str(s.get('question', '')))}</p>"
-                         f"<p><b>Gold:</b> <code>{e(str(s.get('gold', '')))}</code> · <b>Reward:</b> "
-                         f"{e(_reward_text(s))}</p><pre>{e(s['completion'])}</pre></div>")
+            parts.append(
+                f"<div class='sample'><p><b>Question:</b> {e(str(s.get('question', '')))}</p>"
+                f"<p><b>Gold:</b> <code>{e(str(s.get('gold', '')))}</code> · <b>Reward:</b> "
+                f"{e(_reward_text(s))}</p><pre>{e(s['completion'])}</pre></div>"
+            )
     parts.append("</body></html>")
     return "\n".join(parts)
 

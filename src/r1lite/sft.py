@@ -27,17 +27,20 @@ logger = logging.getLogger(__name__)
 
 def sft_rows(prepared: Dataset) -> Dataset:
     """Prompt/completion pairs: the training prompt, and the worked solution in the target format."""
-    return Dataset.from_list([
-        {"prompt": row["prompt"], "completion": [{"role": "assistant", "content": target_reply(row["solution"])}]}
-        for row in prepared
-    ])
+    return Dataset.from_list(
+        [
+            {"prompt": row["prompt"], "completion": [{"role": "assistant", "content": target_reply(row["solution"])}]}
+            for row in prepared
+        ]
+    )
 
 
 def build_sft_config(config: SFTRunConfig, device: str | None = None) -> SFTConfig:
     device = device or default_device()
     dtype = str(resolve_dtype(config.model.precision, device)).removeprefix("torch.")
-    return SFTConfig(**{**config.trl, "bf16": dtype == "bfloat16", "fp16": dtype == "float16",
-                        "use_cpu": device == "cpu"})
+    return SFTConfig(
+        **{**config.trl, "bf16": dtype == "bfloat16", "fp16": dtype == "float16", "use_cpu": device == "cpu"}
+    )
 
 
 def sft(config: SFTRunConfig) -> Path:
@@ -53,10 +56,21 @@ def sft(config: SFTRunConfig) -> Path:
 
     d, lora = config.data, config.lora
     model, tokenizer = load_from_args(config.model, device, bool(config.trl.get("trust_remote_code")))
-    prepared = load_prepared(d.dataset, d.dataset_train_split, d.prompt(), d.few_shot, d.max_train_samples, tokenizer,
-                             d.max_prompt_length, args.seed)
+    prepared = load_prepared(
+        d.dataset,
+        d.dataset_train_split,
+        d.prompt(),
+        d.few_shot,
+        d.max_train_samples,
+        tokenizer,
+        d.max_prompt_length,
+        args.seed,
+    )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=sft_rows(prepared), processing_class=tokenizer,
+        model=model,
+        args=args,
+        train_dataset=sft_rows(prepared),
+        processing_class=tokenizer,
         peft_config=lora_config(lora.lora_r, lora.lora_alpha, lora.lora_dropout, lora.lora_target_modules),
     )
     callbacks.install(trainer, out, reward_names=None, resumed_step=step_of(checkpoint), desc="SFT")

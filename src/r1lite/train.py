@@ -74,23 +74,33 @@ def preflight(args: GRPOConfig, config: RunConfig, device: str) -> None:
     if four_bit and importlib.util.find_spec("bitsandbytes") is None:
         raise ModelError("load_in_4bit needs bitsandbytes: pip install 'r1lite[gpu]' (or load_in_4bit false)")
     if m.load_in_4bit and not lora.use_lora:
-        raise ConfigError("load_in_4bit trains a LoRA adapter on frozen 4-bit weights: set use_lora true, or "
-                          "load_in_4bit false for full fine-tuning")
+        raise ConfigError(
+            "load_in_4bit trains a LoRA adapter on frozen 4-bit weights: set use_lora true, or "
+            "load_in_4bit false for full fine-tuning"
+        )
     sharding = _sharding()
     if four_bit and sharding and not m.bnb_4bit_quant_storage:
-        raise ConfigError(f"a 4-bit base with {sharding} needs bnb_4bit_quant_storage: bfloat16 to shard; or train "
-                          "with DDP or ZeRO-2 (recipes/accelerate/ddp.yaml, zero2.yaml)")
+        raise ConfigError(
+            f"a 4-bit base with {sharding} needs bnb_4bit_quant_storage: bfloat16 to shard; or train "
+            "with DDP or ZeRO-2 (recipes/accelerate/ddp.yaml, zero2.yaml)"
+        )
     if four_bit and args.use_vllm and sharding:
-        raise ConfigError(f"4-bit + vLLM + {sharding}: vLLM weight sync needs whole 4-bit layers; use DDP or ZeRO-2 "
-                          "(recipes/accelerate/zero2.yaml), or bf16 LoRA (recipes/qwen2.5-3b-gsm8k-bf16.yaml)")
+        raise ConfigError(
+            f"4-bit + vLLM + {sharding}: vLLM weight sync needs whole 4-bit layers; use DDP or ZeRO-2 "
+            "(recipes/accelerate/zero2.yaml), or bf16 LoRA (recipes/qwen2.5-3b-gsm8k-bf16.yaml)"
+        )
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if args.use_vllm and args.vllm_mode == "colocate" and device == "cuda" and local_processes > _gpu_count():
-        raise ConfigError(f"vllm_mode colocate starts one vLLM per process: {local_processes} processes on "
-                          f"{_gpu_count()} GPU(s) would share a card. Launch one process per GPU, or use "
-                          "vllm_mode server (recipes/qwen2.5-3b-gsm8k-multi-gpu.yaml)")
+        raise ConfigError(
+            f"vllm_mode colocate starts one vLLM per process: {local_processes} processes on "
+            f"{_gpu_count()} GPU(s) would share a card. Launch one process per GPU, or use "
+            "vllm_mode server (recipes/qwen2.5-3b-gsm8k-multi-gpu.yaml)"
+        )
     if config.run.eval_every and sharding:
-        raise ConfigError(f"eval_every runs on the main process alone, which {sharding} cannot (every forward needs "
-                          "all processes): set eval_every 0 and run r1lite eval on the saved adapter")
+        raise ConfigError(
+            f"eval_every runs on the main process alone, which {sharding} cannot (every forward needs "
+            "all processes): set eval_every 0 and run r1lite eval on the saved adapter"
+        )
 
 
 def _gpu_count() -> int:
@@ -110,8 +120,10 @@ def prepare_output_dir(out: Path, output: OutputArgs, is_main: bool) -> str | No
         return None
     earlier = [p.name for p in _run_files(out)]
     if earlier and not output.overwrite:
-        raise ConfigError(f"output_dir {out} already holds a run ({', '.join(sorted(earlier)[:4])}): pass "
-                          "--resume true to continue it, --overwrite true to replace it, or another --output_dir")
+        raise ConfigError(
+            f"output_dir {out} already holds a run ({', '.join(sorted(earlier)[:4])}): pass "
+            "--resume true to continue it, --overwrite true to replace it, or another --output_dir"
+        )
     if earlier:
         logger.warning("overwrite: removing the earlier run's files from %s", out)
         for path in _run_files(out):
@@ -127,8 +139,9 @@ def _check_writable(out: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"output_dir {out} cannot be written ({exc.strerror or exc}); pass another --output_dir") \
-            from exc
+        raise ConfigError(
+            f"output_dir {out} cannot be written ({exc.strerror or exc}); pass another --output_dir"
+        ) from exc
 
 
 def _run_files(out: Path) -> list[Path]:
@@ -140,8 +153,14 @@ def _run_files(out: Path) -> list[Path]:
 def complete_checkpoints(out: Path) -> tuple[list[Path], list[Path]]:
     """(checkpoints the Trainer finished writing, oldest first; newer ones it did not finish). Finished ones carry
     callbacks.COMPLETE_MARKER; one without it was cut short by a kill, a full disk or a crash while saving."""
-    folders = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
-                     key=lambda p: step_of(str(p))) if out.is_dir() else []
+    folders = (
+        sorted(
+            (p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+            key=lambda p: step_of(str(p)),
+        )
+        if out.is_dir()
+        else []
+    )
     complete = [p for p in folders if (p / callbacks.COMPLETE_MARKER).is_file()]
     newest = step_of(str(complete[-1])) if complete else -1
     return complete, [p for p in folders if p not in complete and step_of(str(p)) > newest]
@@ -151,13 +170,17 @@ def _checkpoint_to_resume(out: Path) -> str | None:
     """The newest complete checkpoint; newer, unfinished ones are named and skipped."""
     complete, unfinished = complete_checkpoints(out)
     if unfinished:
-        logger.warning("resume: skipping %s, written only in part (the run stopped while saving)",
-                       ", ".join(p.name for p in unfinished))
+        logger.warning(
+            "resume: skipping %s, written only in part (the run stopped while saving)",
+            ", ".join(p.name for p in unfinished),
+        )
     if not complete:
         if unfinished:
-            raise ConfigError(f"resume: no complete checkpoint in {out} ({', '.join(p.name for p in unfinished)} "
-                              "not marked complete: written only in part, or by r1lite before 0.2); start again "
-                              "with --overwrite true")
+            raise ConfigError(
+                f"resume: no complete checkpoint in {out} ({', '.join(p.name for p in unfinished)} "
+                "not marked complete: written only in part, or by r1lite before 0.2); start again "
+                "with --overwrite true"
+            )
         logger.warning("resume: no checkpoint-N directory in %s, starting from scratch", out)
         return None
     logger.info("Resuming from %s", complete[-1])
@@ -178,8 +201,14 @@ def build_trainer(config: RunConfig, args: GRPOConfig, device: str, model, token
         peft_config = lora_config(lora.lora_r, lora.lora_alpha, lora.lora_dropout, lora.lora_target_modules)
     r = config.rewards
     reward_funcs = build_reward_funcs(r.reward_set, r.rewards, r.on_reward_error, r.reward_timeout)
-    kwargs = dict(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=tokenizer,
-                  peft_config=peft_config)
+    kwargs = dict(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     if device == "cpu" and config.run.cpu_fast_path:
         from r1lite.cpu_fast_path import CPUFastGRPOTrainer
 
@@ -212,8 +241,16 @@ def train(config: RunConfig) -> Path:
 
     m, d = config.model, config.data
     model, tokenizer = load_from_args(m, device, bool(config.trl.get("trust_remote_code")))
-    dataset = load_prepared(d.dataset, d.dataset_train_split, d.prompt(), d.few_shot, d.max_train_samples, tokenizer,
-                            d.max_prompt_length, args.seed)
+    dataset = load_prepared(
+        d.dataset,
+        d.dataset_train_split,
+        d.prompt(),
+        d.few_shot,
+        d.max_train_samples,
+        tokenizer,
+        d.max_prompt_length,
+        args.seed,
+    )
     trainer = build_trainer(config, args, device, model, tokenizer, dataset)
     reward_names = [f.__name__ for f in trainer.reward_funcs]
     callbacks.install(trainer, out, reward_names, config.run.zero_std_patience, resumed_step=step_of(checkpoint))
@@ -240,23 +277,36 @@ def run_until_done_or_signal(trainer, checkpoint: str | None, out: Path) -> None
             raise
         complete, _ = complete_checkpoints(out)
         kept = complete[-1] if complete else None
-        raise DiskFull(f"the disk holding {out} is full ({exc}); the half-written checkpoint is not marked complete "
-                       f"and resume skips it. {f'{kept} is intact: free space, then --resume true' if kept else ''}"
-                       .strip()) from exc
+        raise DiskFull(
+            f"the disk holding {out} is full ({exc}); the half-written checkpoint is not marked complete "
+            f"and resume skips it. {f'{kept} is intact: free space, then --resume true' if kept else ''}".strip()
+        ) from exc
     finally:
         stop.uninstall()
     if stop.signal is not None:
         import signal
 
         saved = out / f"checkpoint-{trainer.state.global_step}"
-        raise Interrupted(f"stopped by {signal.Signals(stop.signal).name} after step {trainer.state.global_step}; "
-                          f"checkpoint saved to {saved}; continue with --resume true", stop.signal)
+        raise Interrupted(
+            f"stopped by {signal.Signals(stop.signal).name} after step {trainer.state.global_step}; "
+            f"checkpoint saved to {saved}; continue with --resume true",
+            stop.signal,
+        )
 
 
 def _periodic_eval(config: RunConfig, tokenizer, trainer, seed: int) -> callbacks.PeriodicEval:
     """Held-out evaluation during training, prompted exactly as the training rows."""
     d, r = config.data, config.run
-    held_out = load_prepared(d.dataset, d.dataset_test_split, d.prompt(), d.few_shot, d.max_eval_samples or 50,
-                             tokenizer, d.max_prompt_length, seed)
-    return callbacks.PeriodicEval(held_out, tokenizer, r.eval_every, trainer=trainer,
-                                  max_completion_length=r.eval_max_completion_length)
+    held_out = load_prepared(
+        d.dataset,
+        d.dataset_test_split,
+        d.prompt(),
+        d.few_shot,
+        d.max_eval_samples or 50,
+        tokenizer,
+        d.max_prompt_length,
+        seed,
+    )
+    return callbacks.PeriodicEval(
+        held_out, tokenizer, r.eval_every, trainer=trainer, max_completion_length=r.eval_max_completion_length
+    )

@@ -190,4 +190,3 @@ def dense_vllm_engine() -> Iterator[None]:
         yield
     finally:
         vllm_generation.is_bitsandbytes_available = saved
-

@@ -125,8 +125,10 @@ def _invalid(value) -> str | None:
 def _checked(name: str, on_error: str, scores: list, completions) -> tuple[list[float | None], int]:
     """Scores as floats or None; an unusable one raises (naming it and its completion) or becomes None."""
     if len(scores) != len(completions):
-        raise RewardError(f"reward function '{name}' returned {len(scores)} scores for {len(completions)} "
-                          "completions: it must return one per completion (None where it cannot verify)")
+        raise RewardError(
+            f"reward function '{name}' returned {len(scores)} scores for {len(completions)} "
+            "completions: it must return one per completion (None where it cannot verify)"
+        )
     out, errors = [], 0
     for i, value in enumerate(scores):
         why = _invalid(value)
@@ -135,15 +137,18 @@ def _checked(name: str, on_error: str, scores: list, completions) -> tuple[list[
             continue
         if on_error == "raise":
             text = completion_text(completions[i])
-            raise RewardError(f"reward function '{name}' returned {why} for completion {i}: {text[:200]!r}; a score "
-                              "is a finite number, or None where it cannot verify (or set on_reward_error: none)")
+            raise RewardError(
+                f"reward function '{name}' returned {why} for completion {i}: {text[:200]!r}; a score "
+                "is a finite number, or None where it cannot verify (or set on_reward_error: none)"
+            )
         out.append(None)
         errors += 1
     return out, errors
 
 
-def guarded(func: RewardFunc, on_error: str = "raise", log_gold: bool = False,
-            timeout: float | None = None) -> RewardFunc:
+def guarded(
+    func: RewardFunc, on_error: str = "raise", log_gold: bool = False, timeout: float | None = None
+) -> RewardFunc:
     """Wrap a reward so that a failure names itself and the completion, or with ``on_error="none"`` scores None
     ("cannot verify") and is counted in ``rewards/<name>/errors``. Failures: raising, returning the wrong number
     of scores, a score that is not a finite number or None, and (with `timeout`, seconds per call) taking too long,
@@ -166,8 +171,10 @@ def guarded(func: RewardFunc, on_error: str = "raise", log_gold: bool = False,
             scores, errors = _checked(name, on_error, list(raw) if raw is not None else [], completions)
         except _TimedOut:
             if on_error == "raise":
-                raise RewardError(f"reward function '{name}' took longer than reward_timeout ({timeout} s) on "
-                                  f"{len(completions)} completions (or set on_reward_error: none)") from None
+                raise RewardError(
+                    f"reward function '{name}' took longer than reward_timeout ({timeout} s) on "
+                    f"{len(completions)} completions (or set on_reward_error: none)"
+                ) from None
             log(f"rewards/{name}/timeouts", 1.0)
             logger.warning("reward '%s' took longer than %s s: scored None", name, timeout)
             return [None] * len(completions)
@@ -178,8 +185,9 @@ def guarded(func: RewardFunc, on_error: str = "raise", log_gold: bool = False,
         except Exception as batch_exc:
             scores, errors = _score_one_by_one(func, name, on_error, prompts, completions, kwargs)
             if errors == 0:  # it fails only on whole batches: report the batch error itself
-                raise RewardError(f"reward function '{name}' raised {type(batch_exc).__name__}: {batch_exc}") \
-                    from batch_exc
+                raise RewardError(
+                    f"reward function '{name}' raised {type(batch_exc).__name__}: {batch_exc}"
+                ) from batch_exc
             scores, more = _checked(name, on_error, scores, completions)
             errors += more
         if errors:
@@ -190,7 +198,8 @@ def guarded(func: RewardFunc, on_error: str = "raise", log_gold: bool = False,
     return wrapper
 
 
-def build_reward_funcs(reward_set: str, names: list[str] | None, on_error: str,
-                       timeout: float | None = None) -> list[Callable]:
+def build_reward_funcs(
+    reward_set: str, names: list[str] | None, on_error: str, timeout: float | None = None
+) -> list[Callable]:
     funcs = resolve_rewards(reward_set, names)
     return [guarded(f, on_error, log_gold=i == 0, timeout=timeout) for i, f in enumerate(funcs)]

@@ -123,34 +123,82 @@ class Template(NamedTuple):
 # Placeholders: {name} {p} {o} {pos} (pronouns), {a}/{b} a quantity with its noun ("5 apples"),
 # {b_more} ("5 more apples"), {n} a bare number.
 TEMPLATES = (
-    Template("apple", "apples", "{name} has {a}.", "{p} picks {b_more} from the tree.", "{p} eats {b}.",
-             "{p} swaps them for {n} times as many apples.", "How many apples does {name} have now?"),
-    Template("coin", "coins", "{name} has {a} in a jar.", "{p} finds {b_more}.", "{p} spends {b} on a snack.",
-             "{p} exchanges them for {n} times as many coins.", "How many coins does {name} have now?"),
-    Template("marble", "marbles", "{name} has a bag with {a}.", "a friend gives {o} {b_more}.",
-             "{p} loses {b} in the park.", "{p} wins a game that multiplies {pos} marbles by {n}.",
-             "How many marbles does {name} have now?"),
-    Template("sticker", "stickers", "{name} owns {a}.", "{p} buys {b_more}.", "{p} gives {b} to a friend.",
-             "the number of stickers {p} owns grows to {n} times what it was.",
-             "How many stickers does {name} own now?"),
-    Template("book", "books", "There are {a} on {name}'s shelf.", "{name} adds {b_more}.",
-             "{name} donates {b}.", "the number of books on the shelf becomes {n} times as large.",
-             "How many books are on the shelf now?"),
-    Template("cookie", "cookies", "{name} bakes {a}.", "{p} bakes {b_more}.",
-             "{p} gives {b} to the neighbours.",
-             "a bigger batch leaves {o} with {n} times as many cookies as before.",
-             "How many cookies does {name} have now?"),
-    Template("seashell", "seashells", "{name} has {a}.", "{p} collects {b_more} at the beach.",
-             "{p} gives {b} to {pos} cousin.",
-             "after another trip, {p} has {n} times as many seashells as before.",
-             "How many seashells does {name} have now?"),
+    Template(
+        "apple",
+        "apples",
+        "{name} has {a}.",
+        "{p} picks {b_more} from the tree.",
+        "{p} eats {b}.",
+        "{p} swaps them for {n} times as many apples.",
+        "How many apples does {name} have now?",
+    ),
+    Template(
+        "coin",
+        "coins",
+        "{name} has {a} in a jar.",
+        "{p} finds {b_more}.",
+        "{p} spends {b} on a snack.",
+        "{p} exchanges them for {n} times as many coins.",
+        "How many coins does {name} have now?",
+    ),
+    Template(
+        "marble",
+        "marbles",
+        "{name} has a bag with {a}.",
+        "a friend gives {o} {b_more}.",
+        "{p} loses {b} in the park.",
+        "{p} wins a game that multiplies {pos} marbles by {n}.",
+        "How many marbles does {name} have now?",
+    ),
+    Template(
+        "sticker",
+        "stickers",
+        "{name} owns {a}.",
+        "{p} buys {b_more}.",
+        "{p} gives {b} to a friend.",
+        "the number of stickers {p} owns grows to {n} times what it was.",
+        "How many stickers does {name} own now?",
+    ),
+    Template(
+        "book",
+        "books",
+        "There are {a} on {name}'s shelf.",
+        "{name} adds {b_more}.",
+        "{name} donates {b}.",
+        "the number of books on the shelf becomes {n} times as large.",
+        "How many books are on the shelf now?",
+    ),
+    Template(
+        "cookie",
+        "cookies",
+        "{name} bakes {a}.",
+        "{p} bakes {b_more}.",
+        "{p} gives {b} to the neighbours.",
+        "a bigger batch leaves {o} with {n} times as many cookies as before.",
+        "How many cookies does {name} have now?",
+    ),
+    Template(
+        "seashell",
+        "seashells",
+        "{name} has {a}.",
+        "{p} collects {b_more} at the beach.",
+        "{p} gives {b} to {pos} cousin.",
+        "after another trip, {p} has {n} times as many seashells as before.",
+        "How many seashells does {name} have now?",
+    ),
 )
 
 # (name, subject, object, possessive)
 NAMES = (
-    ("Maya", "she", "her", "her"), ("Omar", "he", "him", "his"), ("Lena", "she", "her", "her"),
-    ("Kofi", "he", "him", "his"), ("Priya", "she", "her", "her"), ("Tomas", "he", "him", "his"),
-    ("Aiko", "she", "her", "her"), ("Diego", "he", "him", "his"), ("Zara", "she", "her", "her"),
+    ("Maya", "she", "her", "her"),
+    ("Omar", "he", "him", "his"),
+    ("Lena", "she", "her", "her"),
+    ("Kofi", "he", "him", "his"),
+    ("Priya", "she", "her", "her"),
+    ("Tomas", "he", "him", "his"),
+    ("Aiko", "she", "her", "her"),
+    ("Diego", "he", "him", "his"),
+    ("Zara", "she", "her", "her"),
     ("Ivan", "he", "him", "his"),
 )
 SURFACES = tuple((t, n) for t in range(len(TEMPLATES)) for n in range(len(NAMES)))
@@ -292,16 +340,15 @@ def _choose(spec: ArithSpec, split: str, n: int, rng: random.Random) -> list[tup
             "or widen the spec (e.g. arith:digits=2 or num_ops=2)"
         )
     if n > len(pool):
-        logger.warning("%s [%s]: %d rows from %d distinct problems; problems repeat in other wordings",
-                       spec, split, n, len(pool))
+        logger.warning(
+            "%s [%s]: %d rows from %d distinct problems; problems repeat in other wordings", spec, split, n, len(pool)
+        )
     order = list(pool)
     rng.shuffle(order)
     return [(order[i % len(order)], i // len(order)) for i in range(n)]
 
 
-def generate(
-    n: int, split: str = "train", seed: int = 0, spec: ArithSpec = ArithSpec()
-) -> list[dict[str, str]]:
+def generate(n: int, split: str = "train", seed: int = 0, spec: ArithSpec = ArithSpec()) -> list[dict[str, str]]:
     """``n`` rows ``{"question", "answer"}``, deterministic in (n, split, seed, spec); see the module doc."""
     if split not in SPLITS:
         raise ArithError(f"arith: unknown split {split!r}; use one of {SPLITS}")
