@@ -45,3 +45,25 @@ def slow_reward(prompts, completions, **kwargs):
 
 
 not_a_function = 42
+
+
+def tiny_qwen2_config(tie_word_embeddings: bool = False):
+    """A 2-layer Qwen2 (the published recipe's architecture) small enough for 4-bit tests on a CPU."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+        vocab_size=256, max_position_embeddings=128, tie_word_embeddings=tie_word_embeddings,
+    )  # fmt: skip
+
+
+def tiny_run_argv(model_dir, dataset, out, *extra) -> list[str]:
+    """`r1lite train` flags for a run of seconds on a tiny model; flags in `extra` come later and win."""
+    # fmt: off
+    settings = {
+        "model": model_dir, "dataset": dataset, "output_dir": out, "max_train_samples": 16, "max_steps": 2,
+        "precision": "fp32", "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 8,
+        "lora_r": 4, "lora_alpha": 8, "gradient_checkpointing": "false", "seed": 0,
+    }
+    # fmt: on
+    return [token for key, value in settings.items() for token in (f"--{key}", str(value))] + [str(e) for e in extra]

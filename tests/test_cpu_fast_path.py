@@ -15,7 +15,7 @@ from r1lite.data import prepare
 from r1lite.models import lora_config, lora_layers, merged_copy, refresh_merged
 from r1lite.timing import PHASES
 from r1lite.trl_compat import cpu_lm_head, trl_log_probs_function
-from tests.helpers import length_reward
+from tests.helpers import length_reward, tiny_run_argv
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -186,35 +186,18 @@ def test_no_part_engages_when_left_out(tmp_path, tiny_model_dir, gsm8k_rows):
 
 
 def _train_argv(tiny_model_dir, gsm8k_dir, out, *extra):
-    return [
-        "--model",
-        str(tiny_model_dir),
-        "--dataset",
-        str(gsm8k_dir / "train.jsonl"),
-        "--output_dir",
-        str(out),
+    return tiny_run_argv(
+        tiny_model_dir,
+        gsm8k_dir / "train.jsonl",
+        out,
         "--max_train_samples",
         "8",
         "--max_steps",
         "1",
-        "--precision",
-        "fp32",
-        "--per_device_train_batch_size",
-        "4",
-        "--num_generations",
-        "4",
-        "--max_completion_length",
-        "8",
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
         "--rewards",
         "tests.helpers:length_reward",
-        "--seed",
-        "0",
         *extra,
-    ]
+    )
 
 
 @pytest.mark.parametrize("fast_path, trainer_class", [("true", CPUFastGRPOTrainer), ("false", GRPOTrainer)])

@@ -12,52 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import tiny_run_argv
+
 REPO = Path(__file__).resolve().parents[1]
 DDP_CONFIG = REPO / "recipes" / "accelerate" / "ddp.yaml"
 
 
 def _launch(out: Path, embedded_dir: Path, gsm8k_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(DDP_CONFIG),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "-m",
-        "r1lite",
-        "train",
-        "--model",
-        str(embedded_dir),
-        "--dataset",
-        str(gsm8k_dir),
-        "--output_dir",
-        str(out),
-        "--max_train_samples",
-        "16",
-        "--save_steps",
-        "1",
-        "--per_device_train_batch_size",
-        "4",
-        "--num_generations",
-        "4",
-        "--max_completion_length",
-        "8",
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
-        "--precision",
-        "fp32",
-        "--gradient_checkpointing",
-        "false",
-        "--seed",
-        "0",
-        *extra,
-    ]
+    launch = ["--config_file", DDP_CONFIG, "--num_processes", "2", "--mixed_precision", "no", "-m", "r1lite", "train"]
+    flags = tiny_run_argv(embedded_dir, gsm8k_dir, out, "--save_steps", "1", *extra)
+    command = [sys.executable, "-m", "accelerate.commands.launch", *map(str, launch), *flags]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     return done

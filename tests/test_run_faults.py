@@ -19,48 +19,30 @@ from r1lite.callbacks import COMPLETE_MARKER
 from r1lite.config import RunConfig, parse_config
 from r1lite.errors import ConfigError, DiskFull
 from r1lite.train import train
+from tests.helpers import tiny_run_argv
 
 STEPS = 8
 
 
 def _argv(model_dir, gsm8k_dir, out, *extra):
-    return [
-        "--model",
-        str(model_dir),
-        "--dataset",
-        str(gsm8k_dir / "train.jsonl"),
-        "--output_dir",
-        str(out),
+    return tiny_run_argv(
+        model_dir,
+        gsm8k_dir / "train.jsonl",
+        out,
         "--max_train_samples",
         "32",
         "--max_steps",
-        str(STEPS),
+        STEPS,
         "--save_steps",
         "1",
-        "--precision",
-        "fp32",
-        "--per_device_train_batch_size",
-        "4",
-        "--num_generations",
-        "4",
-        "--max_completion_length",
-        "8",
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
         "--learning_rate",
         "1e-2",
         "--rewards",
         "tests.helpers:length_reward",
-        "--gradient_checkpointing",
-        "false",
-        "--seed",
-        "0",
         "--logging_steps",
         "1",
         *extra,
-    ]
+    )
 
 
 def _steps(out: Path) -> list[int]:

@@ -6,6 +6,7 @@ from r1lite.data import DataError, prepare
 from r1lite.prompts import SYSTEM_PROMPT
 from r1lite.rewards.corrected import strict_format_reward
 from r1lite.sft import sft, sft_rows
+from tests.helpers import tiny_run_argv
 
 
 def _sft_rows(rows, few_shot=0, seed=0):
@@ -85,33 +86,16 @@ def test_sft_writes_an_adapter_and_config_that_train_can_start_from(tiny_model_d
     assert saved["max_steps"] == 2 and saved["lora_r"] == 4 and saved["max_train_samples"] == 8
     records = (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()
     assert len([r for r in records if '"loss"' in r]) == 2
-    out = train(
-        parse_config(
-            RunConfig,
-            [
-                "--model",
-                str(tiny_model_dir),
-                "--dataset",
-                str(gsm8k_dir / "train.jsonl"),
-                "--init_adapter",
-                str(adapter),
-                "--max_train_samples",
-                "8",
-                "--max_steps",
-                "1",
-                "--per_device_train_batch_size",
-                "4",
-                "--num_generations",
-                "4",
-                "--max_completion_length",
-                "8",
-                "--precision",
-                "fp32",
-                "--output_dir",
-                str(tmp_path / "grpo"),
-                "--gradient_checkpointing",
-                "false",
-            ],
-        )
+    argv = tiny_run_argv(
+        tiny_model_dir,
+        gsm8k_dir / "train.jsonl",
+        tmp_path / "grpo",
+        "--init_adapter",
+        adapter,
+        "--max_train_samples",
+        "8",
+        "--max_steps",
+        "1",
     )
+    out = train(parse_config(RunConfig, argv))
     assert (out / "adapter_model.safetensors").is_file()

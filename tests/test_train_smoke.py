@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from r1lite.config import RunConfig, parse_config
 from r1lite.errors import ConfigError
 from r1lite.train import train
+from tests.helpers import tiny_run_argv
 
 
 def parse_run_config(argv):
@@ -17,39 +18,9 @@ def parse_run_config(argv):
 
 
 def _argv(model_dir, gsm8k_dir, out, *extra):
-    return [
-        "--model",
-        str(model_dir),
-        "--dataset",
-        str(gsm8k_dir / "train.jsonl"),
-        "--output_dir",
-        str(out),
-        "--max_train_samples",
-        "16",
-        "--max_steps",
-        "2",
-        "--save_steps",
-        "1",
-        "--precision",
-        "fp32",
-        "--per_device_train_batch_size",
-        "4",
-        "--num_generations",
-        "4",
-        "--max_completion_length",
-        "8",
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
-        "--learning_rate",
-        "1e-2",
-        "--gradient_checkpointing",
-        "false",
-        "--seed",
-        "0",
-        *extra,
-    ]
+    return tiny_run_argv(
+        model_dir, gsm8k_dir / "train.jsonl", out, "--save_steps", "1", "--learning_rate", "1e-2", *extra
+    )
 
 
 @pytest.fixture(scope="module")

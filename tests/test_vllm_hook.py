@@ -121,37 +121,10 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A random tiny Qwen2 saved in bf16; also returned as the plain model (the names and shapes vLLM loads)."""
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-        vocab_size=256, max_position_embeddings=128, tie_word_embeddings=False,
-    )  # fmt: skip
-    plain = transformers.Qwen2ForCausalLM(config).to(torch.bfloat16)
-    path = tmp_path_factory.mktemp("tiny-qwen2")
-    plain.save_pretrained(path)
-    return path, plain
-
-
-@pytest.fixture(scope="module")
-def bnb():
-    bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
-    try:
-        from bitsandbytes.functional import dequantize_4bit, quantize_4bit
-
-        packed, state = quantize_4bit(torch.randn(64, 64), quant_type="nf4", compress_statistics=True)
-        assert dequantize_4bit(packed, state).shape == (64, 64)
-    except Exception as exc:  # noqa: BLE001 - any failure means "no usable 4-bit backend here"
-        pytest.skip(f"bitsandbytes {bnb.__version__} cannot quantize to nf4 on this machine: {exc!r}")
-    return bnb
-
-
 @pytest.fixture
-def lora_4bit(bnb, checkpoint):
+def lora_4bit(bnb, qwen2_checkpoint):
     """A fresh nf4 Qwen2 + LoRA (non-zero lora_B) per test: TRL's own sync modifies the model it syncs."""
-    path, _ = checkpoint
+    path, _ = qwen2_checkpoint
     quant = transformers.BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
@@ -241,8 +214,8 @@ def test_colocate_trl_sync_without_the_hook_pushes_packed_uint8(fake_vllm, lora_
     assert spot.dtype == torch.uint8 and spot.shape[1] == 1, (spot.dtype, spot.shape)
 
 
-def test_colocate_sync_pushes_dense_weights_and_leaves_the_4bit_base_untouched(fake_vllm, lora_4bit, checkpoint):
-    _, plain = checkpoint
+def test_colocate_sync_pushes_dense_weights_and_leaves_the_4bit_base_untouched(fake_vllm, lora_4bit, qwen2_checkpoint):
+    _, plain = qwen2_checkpoint
     generation = _generation(lora_4bit)
     llm = FakeLLM.instances[-1]
     frozen = _frozen_4bit_state(lora_4bit)
@@ -274,9 +247,9 @@ def _assert_metadata_describes(metadata, streamed) -> None:
         assert shape == list(tensor.shape), name
 
 
-def test_server_sync_announces_and_streams_dense_weights(fake_vllm, lora_4bit, checkpoint):
+def test_server_sync_announces_and_streams_dense_weights(fake_vllm, lora_4bit, qwen2_checkpoint):
     """TRL walks the weights once for the metadata, then streams them on every sync: both walks are the dense ones."""
-    _, plain = checkpoint
+    _, plain = qwen2_checkpoint
     generation = _generation(lora_4bit, mode="server")
     client = generation.vllm_client
     frozen = _frozen_4bit_state(lora_4bit)
@@ -294,9 +267,9 @@ def test_server_sync_announces_and_streams_dense_weights(fake_vllm, lora_4bit, c
     assert not [key for key in frozen if not torch.equal(frozen[key], after[key])]
 
 
-def test_server_metadata_collected_before_the_hook_is_discarded(fake_vllm, lora_4bit, checkpoint):
+def test_server_metadata_collected_before_the_hook_is_discarded(fake_vllm, lora_4bit, qwen2_checkpoint):
     """Metadata TRL cached from its own walk (packed uint8 shapes) must not describe the dense stream."""
-    _, plain = checkpoint
+    _, plain = qwen2_checkpoint
     generation = _generation(lora_4bit, mode="server")
     client = generation.vllm_client
     with warnings.catch_warnings():
@@ -317,8 +290,8 @@ def test_server_metadata_collected_before_the_hook_is_discarded(fake_vllm, lora_
 
 
 @pytest.mark.parametrize("case", ["use_vllm is False", "no vllm_generation", "not a PEFT model", "FSDP"])
-def test_push_dense_weights_to_vllm_declines(fake_vllm, lora_4bit, checkpoint, case):
-    _, plain = checkpoint
+def test_push_dense_weights_to_vllm_declines(fake_vllm, lora_4bit, qwen2_checkpoint, case):
+    _, plain = qwen2_checkpoint
     sentinel = [("kept", "float32", [1])]
     model = plain if case == "not a PEFT model" else lora_4bit
     generation = _generation(model, accelerator=_accelerator(fsdp_version=2 if case == "FSDP" else None))
@@ -338,9 +311,9 @@ def test_push_dense_weights_to_vllm_declines_a_trainer_without_vllm_generation()
 # --- the colocated engine ---------------------------------------------------------------------------------------------
 
 
-def test_dense_vllm_engine_starts_trls_colocated_engine_unquantized(fake_vllm, lora_4bit, checkpoint):
+def test_dense_vllm_engine_starts_trls_colocated_engine_unquantized(fake_vllm, lora_4bit, qwen2_checkpoint):
     """TRL's own _init_vllm, on the 4-bit model: bitsandbytes quantization outside the block, none inside."""
-    path, _ = checkpoint
+    path, _ = qwen2_checkpoint
     saved = trl_vllm.is_bitsandbytes_available
 
     _generation(lora_4bit)
@@ -353,7 +326,7 @@ def test_dense_vllm_engine_starts_trls_colocated_engine_unquantized(fake_vllm, l
     assert trl_vllm.is_bitsandbytes_available is saved
     assert outside["quantization"] == "bitsandbytes"
     assert inside["quantization"] is None
-    assert inside["model"] == outside["model"] == str(path)  # the dense checkpoint, loaded by vLLM itself
+    assert inside["model"] == outside["model"] == str(path)  # the dense qwen2_checkpoint, loaded by vLLM itself
     assert {key: value for key, value in inside.items() if key != "quantization"} == {
         key: value for key, value in outside.items() if key != "quantization"
     }

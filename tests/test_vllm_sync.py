@@ -15,17 +15,11 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from r1lite.vllm_sync import UnsupportedWeightSyncError, dense_named_weights, needs_dense_sync  # noqa: E402
+from tests.helpers import tiny_qwen2_config  # noqa: E402
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RANK, ALPHA = 8, 16
 SCALING = ALPHA / RANK  # computed here, not read from the layers, so a scaling bug in the module cannot hide
-
-
-def _config(tie_word_embeddings=False):
-    return transformers.Qwen2Config(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-        vocab_size=256, max_position_embeddings=128, tie_word_embeddings=tie_word_embeddings,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,30 +29,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A random tiny Qwen2 saved in bf16, the dtype the recipe loads; also returned as the plain reference model."""
-    torch.manual_seed(0)
-    plain = transformers.Qwen2ForCausalLM(_config()).to(torch.bfloat16)
-    path = tmp_path_factory.mktemp("tiny-qwen2")
-    plain.save_pretrained(path)
-    return path, plain
-
-
-@pytest.fixture(scope="module")
-def bnb():
-    """bitsandbytes, if it imports and quantizes to nf4 on this machine."""
-    bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
-    try:
-        from bitsandbytes.functional import dequantize_4bit, quantize_4bit
-
-        packed, state = quantize_4bit(torch.randn(64, 64), quant_type="nf4", compress_statistics=True)
-        assert dequantize_4bit(packed, state).shape == (64, 64)
-    except Exception as exc:  # noqa: BLE001 - any failure means "no usable 4-bit backend here"
-        pytest.skip(f"bitsandbytes {bnb.__version__} cannot quantize to nf4 on this machine: {exc!r}")
-    return bnb
 
 
 def _randomise_lora_b(model, seed: int = 1, std: float = 0.05) -> None:
@@ -136,9 +106,9 @@ def _assert_same_tensors(before: dict[str, torch.Tensor], after: dict[str, torch
 # --- 4-bit base -------------------------------------------------------------------------------------------------------
 
 
-def test_4bit_yields_the_plain_models_names_shapes_and_dense_floats(bnb, checkpoint):
+def test_4bit_yields_the_plain_models_names_shapes_and_dense_floats(bnb, qwen2_checkpoint):
     """What vLLM loads: exactly the plain Qwen2 state dict (names, shapes), dense floating tensors, each once."""
-    path, plain = checkpoint
+    path, plain = qwen2_checkpoint
     model = _load_4bit(path, torch.bfloat16)
     pairs = list(dense_named_weights(model))
     names = [name for name, _ in pairs]
@@ -158,8 +128,8 @@ def test_4bit_yields_the_plain_models_names_shapes_and_dense_floats(bnb, checkpo
     # Summed in fp32 and rounded once: fp32 is near exact; bf16 is within half an ulp (8-bit mantissa) of the sum.
     [(torch.float32, dict(rtol=1e-6, atol=1e-7)), (torch.bfloat16, dict(rtol=2**-8, atol=1e-6))],
 )
-def test_4bit_adapted_weights_are_dequantized_base_plus_lora_delta(bnb, checkpoint, compute_dtype, tolerance):
-    path, plain = checkpoint
+def test_4bit_adapted_weights_are_dequantized_base_plus_lora_delta(bnb, qwen2_checkpoint, compute_dtype, tolerance):
+    path, plain = qwen2_checkpoint
     model = _load_4bit(path, compute_dtype)
     weights = dict(dense_named_weights(model))
     layers = _lora_layers(model)
@@ -180,8 +150,8 @@ def test_4bit_adapted_weights_are_dequantized_base_plus_lora_delta(bnb, checkpoi
             assert torch.equal(weights[name.replace(".base_layer", "")], param), name
 
 
-def test_4bit_linears_without_lora_are_dequantized(bnb, checkpoint):
-    path, _ = checkpoint
+def test_4bit_linears_without_lora_are_dequantized(bnb, qwen2_checkpoint):
+    path, _ = qwen2_checkpoint
     model = _load_4bit(path, torch.bfloat16, targets=["q_proj", "v_proj"])
     weights = dict(dense_named_weights(model))
     mlp = model.get_base_model().model.layers[1].mlp
@@ -191,8 +161,8 @@ def test_4bit_linears_without_lora_are_dequantized(bnb, checkpoint):
     assert torch.equal(weights["model.layers.1.mlp.down_proj.weight"], expected)
 
 
-def test_4bit_base_and_outputs_are_bit_identical_after_ten_syncs(bnb, checkpoint):
-    path, _ = checkpoint
+def test_4bit_base_and_outputs_are_bit_identical_after_ten_syncs(bnb, qwen2_checkpoint):
+    path, _ = qwen2_checkpoint
     model = _load_4bit(path, torch.bfloat16)
     # Train mode on purpose: in eval mode without grad, bitsandbytes repacks 4-bit weights for its AVX512-BF16 CPU
     # kernel on the first forward, which would change the very tensors compared here. Dropout is 0, so train-mode
@@ -217,9 +187,9 @@ def test_4bit_base_and_outputs_are_bit_identical_after_ten_syncs(bnb, checkpoint
         assert torch.equal(model(ids).logits, logits)
 
 
-def test_trl_merge_unmerge_round_trip_yields_packed_uint8_and_drifts_the_4bit_base(bnb, checkpoint):
+def test_trl_merge_unmerge_round_trip_yields_packed_uint8_and_drifts_the_4bit_base(bnb, qwen2_checkpoint):
     """Contrast: TRL 1.16 syncs with merge_adapter(); read params; unmerge_adapter(). Documents the upstream bug."""
-    path, _ = checkpoint
+    path, _ = qwen2_checkpoint
     model = _load_4bit(path, torch.bfloat16)
     layers = _lora_layers(model)
     frozen = _frozen_4bit_state(model)
@@ -241,11 +211,11 @@ def test_trl_merge_unmerge_round_trip_yields_packed_uint8_and_drifts_the_4bit_ba
     assert changed
 
 
-def test_4bit_weights_repacked_for_the_cpu_kernel_are_refused(bnb, checkpoint):
+def test_4bit_weights_repacked_for_the_cpu_kernel_are_refused(bnb, qwen2_checkpoint):
     """bitsandbytes' CPU fast path rewrites the packed layout; dequantizing it as usual would give wrong weights."""
     if not bnb.functional.has_avx512bf16():
         pytest.skip("bitsandbytes repacks 4-bit weights for its CPU kernel only on AVX512-BF16 CPUs")
-    path, _ = checkpoint
+    path, _ = qwen2_checkpoint
     model = _load_4bit(path, torch.bfloat16).eval()
     with torch.no_grad():
         model(torch.zeros(1, 4, dtype=torch.long))
@@ -253,8 +223,8 @@ def test_4bit_weights_repacked_for_the_cpu_kernel_are_refused(bnb, checkpoint):
         list(dense_named_weights(model))
 
 
-def test_needs_dense_sync(bnb, checkpoint):
-    path, plain = checkpoint
+def test_needs_dense_sync(bnb, qwen2_checkpoint):
+    path, plain = qwen2_checkpoint
     assert needs_dense_sync(_load_4bit(path, torch.bfloat16))
     assert needs_dense_sync(_float_lora(path))
     assert not needs_dense_sync(plain)
@@ -263,9 +233,9 @@ def test_needs_dense_sync(bnb, checkpoint):
 # --- float base -------------------------------------------------------------------------------------------------------
 
 
-def test_float_model_matches_merge_and_unload_with_modules_to_save(checkpoint):
+def test_float_model_matches_merge_and_unload_with_modules_to_save(qwen2_checkpoint):
     """On a float base the reference is PEFT's own merge; the lm_head copy trained via modules_to_save must win."""
-    path, _ = checkpoint
+    path, _ = qwen2_checkpoint
     model = _float_lora(path, modules_to_save=["lm_head"])
     with torch.no_grad():  # make the trained copy differ from the original, or picking the wrong one would pass
         model.get_base_model().lm_head.modules_to_save["default"].weight.add_(1.0)
@@ -283,8 +253,8 @@ def test_float_model_matches_merge_and_unload_with_modules_to_save(checkpoint):
     assert not torch.allclose(weights["lm_head.weight"], original)
 
 
-def test_float_model_respects_disabled_and_merged_adapters(checkpoint):
-    path, plain = checkpoint
+def test_float_model_respects_disabled_and_merged_adapters(qwen2_checkpoint):
+    path, plain = qwen2_checkpoint
     model = _float_lora(path)
     active = dict(dense_named_weights(model))
 
@@ -307,23 +277,23 @@ def test_float_model_respects_disabled_and_merged_adapters(checkpoint):
 def test_tied_embeddings_are_yielded_once():
     """Like named_parameters() and TRL: a tied lm_head is not sent; vLLM ties it to embed_tokens itself."""
     torch.manual_seed(0)
-    plain = transformers.Qwen2ForCausalLM(_config(tie_word_embeddings=True))
+    plain = transformers.Qwen2ForCausalLM(tiny_qwen2_config(tie_word_embeddings=True))
     names = [name for name, _ in plain.named_parameters()]
     assert "lm_head.weight" not in names
     model = _lora(copy.deepcopy(plain))
     assert [name for name, _ in dense_named_weights(model)] == names
 
 
-def test_dora_is_refused_with_an_actionable_error(checkpoint):
-    path, _ = checkpoint
+def test_dora_is_refused_with_an_actionable_error(qwen2_checkpoint):
+    path, _ = qwen2_checkpoint
     model = _float_lora(path, use_dora=True)
     with pytest.raises(UnsupportedWeightSyncError, match="DoRA.*use_dora=False") as info:
         list(dense_named_weights(model))
     assert isinstance(info.value, ValueError)
 
 
-def test_lora_on_a_non_linear_layer_is_refused(checkpoint):
-    path, _ = checkpoint
+def test_lora_on_a_non_linear_layer_is_refused(qwen2_checkpoint):
+    path, _ = qwen2_checkpoint
     model = _float_lora(path, targets=["q_proj", "embed_tokens"])
     with pytest.raises(UnsupportedWeightSyncError, match="embed_tokens.*Embedding.*target_modules"):
         list(dense_named_weights(model))

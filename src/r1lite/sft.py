@@ -20,7 +20,7 @@ from r1lite import callbacks
 from r1lite.config import SFTRunConfig
 from r1lite.data import load_prepared, target_reply
 from r1lite.models import default_device, load_from_args, lora_config, resolve_dtype
-from r1lite.train import prepare_output_dir, run_until_done_or_signal, step_of
+from r1lite.train import run_until_done_or_signal, start_run, step_of
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,7 @@ def sft(config: SFTRunConfig) -> Path:
     device = default_device()
     args = build_sft_config(config, device)
     out = config.output_dir
-    is_main = args.process_index == 0
-    with args.main_process_first(local=False, desc="preparing the run directory"):
-        checkpoint = prepare_output_dir(out, config.output, is_main)
-        if is_main:
-            config.save(out / "config.yaml")
+    checkpoint = start_run(config, args)
 
     d, lora = config.data, config.lora
     model, tokenizer = load_from_args(config.model, device, bool(config.trl.get("trust_remote_code")))
@@ -77,6 +73,6 @@ def sft(config: SFTRunConfig) -> Path:
     run_until_done_or_signal(trainer, checkpoint, out)
     adapter = out / "adapter"
     trainer.save_model(str(adapter))
-    if is_main:
+    if args.process_index == 0:
         tokenizer.save_pretrained(adapter)
     return adapter

@@ -21,7 +21,7 @@ from typing import Any
 from trl import GRPOConfig, GRPOTrainer
 
 from r1lite import callbacks
-from r1lite.config import OutputArgs, RunConfig, world_size
+from r1lite.config import OutputArgs, RunConfig, SFTRunConfig, world_size
 from r1lite.data import load_prepared
 from r1lite.errors import ConfigError, DiskFull, Interrupted, ModelError
 from r1lite.models import attach_adapter, default_device, load_from_args, lora_config, resolve_dtype
@@ -107,6 +107,17 @@ def _gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def start_run(config: RunConfig | SFTRunConfig, args) -> str | None:
+    """Prepare the run directory on the main process first (the others wait), save the resolved recipe there, and
+    return the checkpoint to resume from (None for a fresh run)."""
+    is_main = args.process_index == 0
+    with args.main_process_first(local=False, desc="preparing the run directory"):
+        checkpoint = prepare_output_dir(config.output_dir, config.output, is_main)
+        if is_main:
+            config.save(config.output_dir / "config.yaml")
+    return checkpoint
 
 
 def prepare_output_dir(out: Path, output: OutputArgs, is_main: bool) -> str | None:
@@ -232,11 +243,7 @@ def train(config: RunConfig) -> Path:
     device = default_device()
     args = build_grpo_config(config, device)  # sets up the process group under accelerate launch
     preflight(args, config, device)
-    is_main = args.process_index == 0
-    with args.main_process_first(local=False, desc="preparing the run directory"):
-        checkpoint = prepare_output_dir(out, config.output, is_main)
-        if is_main:
-            config.save(out / "config.yaml")
+    checkpoint = start_run(config, args)
     logger.info("training on %s with %d process(es)", device, world_size())
 
     m, d = config.model, config.data
@@ -259,7 +266,7 @@ def train(config: RunConfig) -> Path:
     run_until_done_or_signal(trainer, checkpoint, out)
     adapter_dir = out / "adapter"
     trainer.save_model(str(adapter_dir))  # the main process writes, the others take part in any gather
-    if is_main:
+    if args.process_index == 0:
         tokenizer.save_pretrained(adapter_dir)
         logger.info("Saved adapter to %s", adapter_dir)
     return adapter_dir
