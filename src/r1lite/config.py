@@ -266,6 +266,11 @@ class CommandConfig:
     def sections(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self.section_types())
 
+    @property
+    def output_dir(self) -> Path:
+        """Where a training command writes its run (TRL's output_dir)."""
+        return Path(self.trl["output_dir"])
+
     def validate(self) -> None:
         """Combinations argparse cannot see; subclasses add their own."""
 
@@ -312,10 +317,6 @@ class RunConfig(CommandConfig):
         "log_completions": True,
         "num_completions_to_print": 0,
     }
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.trl["output_dir"])
 
     def validate(self) -> None:
         from r1lite.rewards import resolve_rewards
@@ -375,10 +376,6 @@ class SFTRunConfig(CommandConfig):
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.05,
     }
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.trl["output_dir"])
 
     def validate(self) -> None:
         validate_model(self.model)

@@ -18,9 +18,9 @@ from trl import SFTConfig, SFTTrainer
 
 from r1lite import callbacks
 from r1lite.config import SFTRunConfig
-from r1lite.data import load_prepared, target_reply
-from r1lite.models import default_device, load_from_args, lora_config, resolve_dtype
-from r1lite.train import run_until_done_or_signal, start_run, step_of
+from r1lite.data import target_reply
+from r1lite.models import default_device, lora_config, resolve_dtype
+from r1lite.train import load_model_and_rows, run_until_done_or_signal, start_run, step_of
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +50,8 @@ def sft(config: SFTRunConfig) -> Path:
     out = config.output_dir
     checkpoint = start_run(config, args)
 
-    d, lora = config.data, config.lora
-    model, tokenizer = load_from_args(config.model, device, bool(config.trl.get("trust_remote_code")))
-    prepared = load_prepared(
-        d.dataset,
-        d.dataset_train_split,
-        d.prompt(),
-        d.few_shot,
-        d.max_train_samples,
-        tokenizer,
-        d.max_prompt_length,
-        args.seed,
-    )
+    lora = config.lora
+    model, tokenizer, prepared = load_model_and_rows(config, args, device)
     trainer = SFTTrainer(
         model=model,
         args=args,

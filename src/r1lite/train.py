@@ -246,18 +246,7 @@ def train(config: RunConfig) -> Path:
     checkpoint = start_run(config, args)
     logger.info("training on %s with %d process(es)", device, world_size())
 
-    m, d = config.model, config.data
-    model, tokenizer = load_from_args(m, device, bool(config.trl.get("trust_remote_code")))
-    dataset = load_prepared(
-        d.dataset,
-        d.dataset_train_split,
-        d.prompt(),
-        d.few_shot,
-        d.max_train_samples,
-        tokenizer,
-        d.max_prompt_length,
-        args.seed,
-    )
+    model, tokenizer, dataset = load_model_and_rows(config, args, device)
     trainer = build_trainer(config, args, device, model, tokenizer, dataset)
     reward_names = [f.__name__ for f in trainer.reward_funcs]
     callbacks.install(trainer, out, reward_names, config.run.zero_std_patience, resumed_step=step_of(checkpoint))
@@ -270,6 +259,15 @@ def train(config: RunConfig) -> Path:
         tokenizer.save_pretrained(adapter_dir)
         logger.info("Saved adapter to %s", adapter_dir)
     return adapter_dir
+
+
+def load_model_and_rows(config: RunConfig | SFTRunConfig, args, device: str):
+    """The model, its tokenizer and the prepared training rows, as both training commands load them."""
+    d = config.data
+    model, tokenizer = load_from_args(config.model, device, bool(config.trl.get("trust_remote_code")))
+    rows = load_prepared(d.dataset, d.dataset_train_split, d.prompt(), d.few_shot, d.max_train_samples, tokenizer,
+                         d.max_prompt_length, args.seed)  # fmt: skip
+    return model, tokenizer, rows
 
 
 def run_until_done_or_signal(trainer, checkpoint: str | None, out: Path) -> None:
