@@ -97,6 +97,7 @@ def test_run_directory_contents(run_dir, gsm8k_dir):
     assert (run_dir / "checkpoint-2").is_dir()
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["max_steps"] == 2 and config["rewards"] == ["tests.helpers:length_reward"]
+    assert "overwrite" not in config and "resume" not in config  # how it was started is not part of the recipe
 
 
 def test_resume_continues_from_the_last_checkpoint(run_dir, tiny_model_dir, gsm8k_dir):

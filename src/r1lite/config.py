@@ -275,10 +275,12 @@ class CommandConfig:
         """Combinations argparse cannot see; subclasses add their own."""
 
     def to_flat_dict(self) -> dict[str, Any]:
-        """The resolved recipe, loadable again with --config: every section field and the changed TRL fields."""
+        """The resolved recipe, loadable again with --config: every section field and the changed TRL fields. How a
+        run was started (resume, overwrite) is left out: running the saved recipe again must not replace a run."""
         flat: dict[str, Any] = {}
         for section in self.sections():
-            flat.update(dataclasses.asdict(section))
+            if not isinstance(section, OutputArgs):
+                flat.update(dataclasses.asdict(section))
         trl = getattr(self, "trl", None)
         if trl is not None:
             trl_defaults = _field_defaults(self.trl_config)
