@@ -67,3 +67,21 @@ def tiny_run_argv(model_dir, dataset, out, *extra) -> list[str]:
     }
     # fmt: on
     return [token for key, value in settings.items() for token in (f"--{key}", str(value))] + [str(e) for e in extra]
+
+
+def frozen_4bit_state(model) -> dict:
+    """Clones of every tensor that defines a frozen 4-bit base: packed nf4 bytes and (double-)quantization stats."""
+    state = {}
+    for name, param in model.named_parameters():
+        quant = getattr(param, "quant_state", None)
+        if quant is None:
+            continue
+        state[f"{name}:packed"] = param.data.clone()
+        state[f"{name}:absmax"] = quant.absmax.clone()
+        state[f"{name}:code"] = quant.code.clone()
+        if quant.nested:
+            state[f"{name}:offset"] = quant.offset.clone()
+            state[f"{name}:state2.absmax"] = quant.state2.absmax.clone()
+            state[f"{name}:state2.code"] = quant.state2.code.clone()
+    assert state, "no 4-bit parameters: the model was not quantized"
+    return state

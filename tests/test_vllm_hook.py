@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 trl_vllm = pytest.importorskip("trl.generation.vllm_generation")
 
 from r1lite.trl_compat import dense_vllm_engine, push_dense_weights_to_vllm  # noqa: E402
+from tests.helpers import frozen_4bit_state  # noqa: E402
 
 VLLMGeneration = trl_vllm.VLLMGeneration
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -162,24 +163,6 @@ def _expected_spot_weight(model) -> torch.Tensor:
     return _dequantized_spot_base(model) + (b @ a) * SCALING
 
 
-def _frozen_4bit_state(model) -> dict[str, torch.Tensor]:
-    """Clones of every tensor that defines the frozen 4-bit base: packed nf4 bytes and (double-)quantization stats."""
-    state = {}
-    for name, param in model.named_parameters():
-        quant = getattr(param, "quant_state", None)
-        if quant is None:
-            continue
-        state[f"{name}:packed"] = param.data.clone()
-        state[f"{name}:absmax"] = quant.absmax.clone()
-        state[f"{name}:code"] = quant.code.clone()
-        if quant.nested:
-            state[f"{name}:offset"] = quant.offset.clone()
-            state[f"{name}:state2.absmax"] = quant.state2.absmax.clone()
-            state[f"{name}:state2.code"] = quant.state2.code.clone()
-    assert state, "no 4-bit parameters: the model was not quantized"
-    return state
-
-
 def _assert_dense_plain_weights(pairs, plain, model, dtype=torch.bfloat16) -> None:
     """`pairs` is exactly the plain model's state dict as dense `dtype` tensors (any floating dtype for None), with
     SPOT equal to its dequantized base + LoRA delta."""
@@ -218,7 +201,7 @@ def test_colocate_sync_pushes_dense_weights_and_leaves_the_4bit_base_untouched(f
     _, plain = qwen2_checkpoint
     generation = _generation(lora_4bit)
     llm = FakeLLM.instances[-1]
-    frozen = _frozen_4bit_state(lora_4bit)
+    frozen = frozen_4bit_state(lora_4bit)
     params = dict(lora_4bit.named_parameters())  # the Parameter objects: a merge would replace the 4-bit ones
 
     assert push_dense_weights_to_vllm(_trainer(generation)) is True
@@ -229,7 +212,7 @@ def test_colocate_sync_pushes_dense_weights_and_leaves_the_4bit_base_untouched(f
         _assert_dense_plain_weights(llm.loaded, plain, lora_4bit)
         assert llm.prefix_cache_resets == sync + 1
 
-    after = _frozen_4bit_state(lora_4bit)
+    after = frozen_4bit_state(lora_4bit)
     changed = [key for key in frozen if not torch.equal(frozen[key], after[key])]
     assert not changed, f"the frozen 4-bit base was modified: {changed[:5]}"
     assert all(params[name] is param for name, param in lora_4bit.named_parameters())
@@ -252,7 +235,7 @@ def test_server_sync_announces_and_streams_dense_weights(fake_vllm, lora_4bit, q
     _, plain = qwen2_checkpoint
     generation = _generation(lora_4bit, mode="server")
     client = generation.vllm_client
-    frozen = _frozen_4bit_state(lora_4bit)
+    frozen = frozen_4bit_state(lora_4bit)
 
     assert push_dense_weights_to_vllm(_trainer(generation)) is True
     for sync in range(2):
@@ -263,7 +246,7 @@ def test_server_sync_announces_and_streams_dense_weights(fake_vllm, lora_4bit, q
         _assert_dense_plain_weights(streamed, plain, lora_4bit)
         assert client.prefix_cache_resets == sync + 1
 
-    after = _frozen_4bit_state(lora_4bit)
+    after = frozen_4bit_state(lora_4bit)
     assert not [key for key in frozen if not torch.equal(frozen[key], after[key])]
 
 

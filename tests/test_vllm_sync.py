@@ -15,7 +15,7 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from r1lite.vllm_sync import UnsupportedWeightSyncError, dense_named_weights, needs_dense_sync  # noqa: E402
-from tests.helpers import tiny_qwen2_config  # noqa: E402
+from tests.helpers import frozen_4bit_state, tiny_qwen2_config  # noqa: E402
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RANK, ALPHA = 8, 16
@@ -78,23 +78,6 @@ def _dequantized(weight):
     from bitsandbytes.functional import dequantize_4bit
 
     return dequantize_4bit(weight.data, weight.quant_state)
-
-
-def _frozen_4bit_state(model) -> dict[str, torch.Tensor]:
-    """Clones of every tensor that defines the frozen 4-bit base: packed nf4 bytes and (double-)quantization stats."""
-    state = {}
-    for name, param in model.named_parameters():
-        quant = getattr(param, "quant_state", None)
-        if quant is None:
-            continue
-        state[f"{name}:packed"] = param.data.clone()
-        state[f"{name}:absmax"] = quant.absmax.clone()
-        state[f"{name}:code"] = quant.code.clone()
-        if quant.nested:
-            state[f"{name}:offset"] = quant.offset.clone()
-            state[f"{name}:state2.absmax"] = quant.state2.absmax.clone()
-            state[f"{name}:state2.code"] = quant.state2.code.clone()
-    return state
 
 
 def _assert_same_tensors(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> None:
@@ -169,7 +152,7 @@ def test_4bit_base_and_outputs_are_bit_identical_after_ten_syncs(bnb, qwen2_chec
     # logits are deterministic.
     model.train()
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(3))
-    frozen = _frozen_4bit_state(model)
+    frozen = frozen_4bit_state(model)
     params = dict(model.named_parameters())  # the Parameter objects themselves: a merge would replace them
     everything = {name: p.detach().clone() for name, p in params.items()}
     with torch.no_grad():
@@ -179,7 +162,7 @@ def test_4bit_base_and_outputs_are_bit_identical_after_ten_syncs(bnb, qwen2_chec
         for _name, _tensor in dense_named_weights(model):
             pass
 
-    _assert_same_tensors(frozen, _frozen_4bit_state(model))
+    _assert_same_tensors(frozen, frozen_4bit_state(model))
     _assert_same_tensors(everything, {name: p.detach() for name, p in model.named_parameters()})
     assert all(params[name] is p for name, p in model.named_parameters())
     assert not any(layer.merged for layer in _lora_layers(model).values())
@@ -192,7 +175,7 @@ def test_trl_merge_unmerge_round_trip_yields_packed_uint8_and_drifts_the_4bit_ba
     path, _ = qwen2_checkpoint
     model = _load_4bit(path, torch.bfloat16)
     layers = _lora_layers(model)
-    frozen = _frozen_4bit_state(model)
+    frozen = frozen_4bit_state(model)
     before = {prefix: _dequantized(layer.base_layer.weight).float() for prefix, layer in layers.items()}
 
     with warnings.catch_warnings():
@@ -207,7 +190,7 @@ def test_trl_merge_unmerge_round_trip_yields_packed_uint8_and_drifts_the_4bit_ba
     after = {prefix: _dequantized(layer.base_layer.weight).float() for prefix, layer in layers.items()}
     drift = max((after[p] - before[p]).abs().max().item() for p in layers)
     assert drift > 1e-4, drift  # measured 2.1e-2 with this seed and lora_B std 0.05; 3e-4 even with a zero delta
-    changed = [key for key in frozen if not torch.equal(frozen[key], _frozen_4bit_state(model)[key])]
+    changed = [key for key in frozen if not torch.equal(frozen[key], frozen_4bit_state(model)[key])]
     assert changed
 
 

@@ -12,14 +12,7 @@ from collections.abc import Callable, Iterable
 from r1lite.config import ChatConfig
 from r1lite.data import build_prompt
 from r1lite.engine import generate_replies
-from r1lite.models import attach_adapter, for_generation, load_for_generation
-
-
-def load_chat_model(config: ChatConfig):
-    model, tokenizer = load_for_generation(config.model, config.remote.trust_remote_code)
-    if config.chat.adapter:
-        model = for_generation(attach_adapter(model, config.chat.adapter))
-    return model, tokenizer
+from r1lite.models import load_for_generation
 
 
 def ask(model, tokenizer, question: str, config: ChatConfig) -> str:
@@ -42,7 +35,7 @@ def ask(model, tokenizer, question: str, config: ChatConfig) -> str:
 
 def chat(config: ChatConfig, questions: Iterable[str] | None = None, say: Callable[[str], None] = print) -> None:
     """Answer `config.chat.question`, or each of `questions` (default: lines typed at the terminal)."""
-    model, tokenizer = load_chat_model(config)
+    model, tokenizer = load_for_generation(config.model, config.remote.trust_remote_code, config.chat.adapter)
     if config.chat.question is not None:
         say(ask(model, tokenizer, config.chat.question, config))
         return

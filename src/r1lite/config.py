@@ -321,16 +321,11 @@ class RunConfig(CommandConfig):
     }
 
     def validate(self) -> None:
-        from r1lite.rewards import resolve_rewards
-
         validate_model(self.model)
         validate_lora(self.lora)
         validate_data(self.data)
+        funcs = validate_rewards(self.rewards)
         g = self.trl
-        _check_choice("reward_set", self.rewards.reward_set, ("default", "seed"))
-        _check_choice("on_reward_error", self.rewards.on_reward_error, ("raise", "none"))
-        if self.rewards.reward_timeout is not None and self.rewards.reward_timeout <= 0:
-            raise ConfigError(f"reward_timeout must be positive seconds, got {self.rewards.reward_timeout}")
         _check_positive(
             num_generations=g["num_generations"],
             max_completion_length=g["max_completion_length"],
@@ -344,10 +339,6 @@ class RunConfig(CommandConfig):
             raise ConfigError(f"eval_every must be >= 0, got {self.run.eval_every}")
         self.output.validate()
         _check_generation_batch(g, world_size())
-        try:  # names and import paths now, not after the model has loaded
-            funcs = resolve_rewards(self.rewards.reward_set, self.rewards.rewards)
-        except R1liteError as exc:
-            raise ConfigError(str(exc)) from exc
         weights = g.get("reward_weights")
         if weights is not None and len(weights) != len(funcs):
             raise ConfigError(f"reward_weights has {len(weights)} values for {len(funcs)} rewards")
@@ -454,17 +445,12 @@ class RewardsCheckConfig(CommandConfig):
     }
 
     def validate(self) -> None:
-        from r1lite.rewards import resolve_rewards
-
         validate_model(self.model)
         validate_data(self.data)
         validate_generation(self.generation)
         if self.generation.num_generations < 2:
             raise ConfigError("num_generations must be at least 2: a group needs two completions to compare")
-        try:
-            resolve_rewards(self.rewards.reward_set, self.rewards.rewards)
-        except R1liteError as exc:
-            raise ConfigError(str(exc)) from exc
+        validate_rewards(self.rewards)
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -511,18 +497,31 @@ def validate_data(d: DataArgs) -> None:
 
 
 def validate_generation(g: GenerationArgs) -> None:
-    _check_positive(
-        num_generations=g.num_generations, max_completion_length=g.max_completion_length, batch_size=g.batch_size
-    )
+    from r1lite.engine import check_generation_settings
+
     _check_choice("backend", g.backend, ("auto", "hf", "vllm"))
     if g.temperature is None:
         g.temperature = 0.0 if g.num_generations == 1 else 0.8  # greedy, or the recipe's sampling temperature
-    if g.temperature < 0:
-        raise ConfigError(f"temperature must be >= 0, got {g.temperature}")
-    if g.num_generations > 1 and g.temperature == 0:
-        raise ConfigError("num_generations > 1 needs a temperature > 0: greedy decoding would repeat one reply")
     if not 0 < g.top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1], got {g.top_p}")
+    try:  # the engine's own rules, checked before any model loads
+        check_generation_settings(g.num_generations, g.temperature, g.max_completion_length, g.batch_size)
+    except R1liteError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def validate_rewards(r: RewardArgs) -> list:
+    """The policy settings, and the reward names and import paths resolved now, not after the model has loaded;
+    returns the reward functions."""
+    from r1lite.rewards import resolve_rewards
+
+    _check_choice("on_reward_error", r.on_reward_error, ("raise", "none"))
+    if r.reward_timeout is not None and r.reward_timeout <= 0:
+        raise ConfigError(f"reward_timeout must be positive seconds, got {r.reward_timeout}")
+    try:
+        return resolve_rewards(r.reward_set, r.rewards)
+    except R1liteError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _check_generation_batch(g: dict[str, Any], processes: int) -> None:

@@ -122,14 +122,12 @@ def rewards_check(config) -> str:
     """Run `r1lite rewards check` (config.RewardsCheckConfig); return the table to print."""
     from r1lite.data import load_prepared
     from r1lite.engine import generate_replies
-    from r1lite.models import attach_adapter, for_generation, load_for_generation
+    from r1lite.models import load_for_generation
     from r1lite.rewards import import_reward
 
     m, d, g = config.model, config.data, config.generation
     data = load_prepared(d.dataset, d.dataset_train_split, d.prompt(), d.few_shot, d.max_train_samples, seed=g.seed)
-    model, tokenizer = load_for_generation(m, config.remote.trust_remote_code)
-    if config.check.adapter:
-        model = for_generation(attach_adapter(model, config.check.adapter))
+    model, tokenizer = load_for_generation(m, config.remote.trust_remote_code, config.check.adapter)
     # One prompt's whole group per batch, sampled as GRPO does.
     replies = generate_replies(
         model,

@@ -2,8 +2,8 @@
 
 Left-padded batches, longest prompts first so each batch pads little; a reply leaves its batch as soon
 as it ends (`decode`), and each prompt is encoded once however many replies it gets. Every tensor the
-loop makes lives on the model's device. Where vLLM is installed and a GPU present, `generate_replies`
-can hand the whole job to vLLM instead (`backend`).
+loop makes lives on the model's device. Where vLLM is installed and a GPU present, `vllm_generate_replies`
+gives the same replies from vLLM (`pick_backend` chooses).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from r1lite.data import load_prepared
 from r1lite.engine import Reply, generate_replies, pick_backend, vllm_generate_replies
 from r1lite.errors import EvalError
 from r1lite.eval_metrics import metrics_table, score_question, summarise
-from r1lite.models import attach_adapter, for_generation, load_for_generation, load_tokenizer, resolve_model_path
+from r1lite.models import for_generation, load_for_generation, load_tokenizer, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -97,33 +97,30 @@ class _Evaluator:
         self.hf_only = dict(batch_size=g.batch_size, progress=not config.eval.quiet)
         self.model = self.tokenizer = None
         if self.backend == "hf":
-            self.model, self.tokenizer = load_for_generation(config.model, config.remote.trust_remote_code)
-            if config.eval.adapter:  # attached now, so a mismatched adapter fails before the long base evaluation
-                self.model = attach_adapter(self.model, config.eval.adapter)
+            # Attached now, so a mismatched adapter fails before the long base evaluation; merged only after it.
+            self.model, self.tokenizer = load_for_generation(
+                config.model, config.remote.trust_remote_code, config.eval.adapter, merge=False
+            )
         else:
             self.tokenizer = load_tokenizer(resolve_model_path(config.model.model))
 
     def run(self, with_adapter: bool) -> EvalResult:
-        prompts = [row["prompt"] for row in self.rows]
-        start = time.perf_counter()
-        if self.backend == "vllm":
-            adapter = self.config.eval.adapter if with_adapter else None
-            replies = vllm_generate_replies(
-                resolve_model_path(self.config.model.model),
-                adapter,
-                self.tokenizer,
-                prompts,
-                lora_rank=_adapter_rank(adapter),
-                **self.generation,
-            )
-        elif with_adapter or not self.config.eval.adapter:
+        if self.backend == "hf":
+            if not with_adapter and self.config.eval.adapter:  # the base: the same weights, adapter switched off
+                with self.model.disable_adapter():
+                    return evaluate_model(self.model, self.tokenizer, self.rows, **self.hf_only, **self.generation)
             self.model = for_generation(self.model)
-            replies = generate_replies(self.model, self.tokenizer, prompts, **self.hf_only, **self.generation)
-        else:  # the base model: the same weights with the adapter switched off
-            with self.model.disable_adapter():
-                replies = generate_replies(
-                    self.model.eval(), self.tokenizer, prompts, **self.hf_only, **self.generation
-                )
+            return evaluate_model(self.model, self.tokenizer, self.rows, **self.hf_only, **self.generation)
+        adapter = self.config.eval.adapter if with_adapter else None
+        start = time.perf_counter()
+        replies = vllm_generate_replies(
+            resolve_model_path(self.config.model.model),
+            adapter,
+            self.tokenizer,
+            [row["prompt"] for row in self.rows],
+            lora_rank=_adapter_rank(adapter),
+            **self.generation,
+        )
         return score(self.rows, replies, time.perf_counter() - start)
 
 
@@ -152,9 +149,7 @@ def eval_command(config: EvalConfig) -> str:
         d.max_eval_samples,
         seed=config.generation.seed,
     )
-    rows = dataset.to_list()
-    if not rows:
-        raise EvalError(f"{d.dataset} [{d.dataset_test_split}] has no usable questions")
+    rows = dataset.to_list()  # never empty: load_prepared stops on a split with no usable row
     output = Path(e.output) if e.output else Path("eval") / f"{run_name(m.model, e.adapter)}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     records_path = output.with_suffix(".jsonl")

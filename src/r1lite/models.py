@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -226,8 +227,6 @@ def attach_adapter(model: PreTrainedModel, adapter: str | Path, trainable: bool 
 
 def _check_adapter_fits(model: PreTrainedModel, adapter: Path, weights: Path) -> None:
     """Compare each lora_A's input size with the layer it adapts (reading tensor headers only, not the weights)."""
-    import json
-
     from safetensors import safe_open
 
     base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path") or "unknown"
@@ -264,12 +263,19 @@ def load_from_args(args, device: str | None = None, trust_remote_code: bool = Fa
     )
 
 
-def load_for_generation(args, trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_for_generation(
+    args, trust_remote_code: bool = False, adapter: str | None = None, merge: bool = True
+) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
     """A model for generation only (eval, chat, rewards check): in eval mode, with r1lite's grouped attention on a
-    CPU unless the recipe chose an attention implementation."""
+    CPU unless the recipe chose an attention implementation, and `adapter` attached (merged in, unless `merge` is
+    off: eval keeps it separate to switch it off for the base model)."""
     model, tokenizer = load_from_args(args, trust_remote_code=trust_remote_code)
     if not args.attn_implementation:
         use_grouped_attention(model)
+    if adapter:
+        model = attach_adapter(model, adapter)
+        if merge:
+            model = for_generation(model)
     return model.eval(), tokenizer
 
 

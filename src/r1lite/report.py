@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from r1lite.errors import ReportError
+from r1lite.rewards.base import completion_text
 
 logger = logging.getLogger(__name__)
 
@@ -332,12 +333,10 @@ def read_samples(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def _last_content(messages: Any) -> str:
-    """The text of a conversational field (a list of messages, as TRL logs it) or of a plain string."""
-    if isinstance(messages, str):
-        return messages
+    """The text of a conversational field as TRL logs it (a sequence of messages; an array after parquet)."""
     try:
-        return str(list(messages)[-1]["content"])
-    except (TypeError, IndexError, KeyError):
+        return completion_text(messages if isinstance(messages, str) else list(messages))
+    except TypeError:  # not messages at all: nothing to show
         return ""
 
 

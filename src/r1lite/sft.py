@@ -19,8 +19,8 @@ from trl import SFTConfig, SFTTrainer
 from r1lite import callbacks
 from r1lite.config import SFTRunConfig
 from r1lite.data import target_reply
-from r1lite.models import default_device, lora_config, resolve_dtype
-from r1lite.train import load_model_and_rows, run_until_done_or_signal, start_run, step_of
+from r1lite.models import default_device, lora_config
+from r1lite.train import load_model_and_rows, precision_flags, run_until_done_or_signal, start_run, step_of
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +37,7 @@ def sft_rows(prepared: Dataset) -> Dataset:
 
 def build_sft_config(config: SFTRunConfig, device: str | None = None) -> SFTConfig:
     device = device or default_device()
-    dtype = str(resolve_dtype(config.model.precision, device)).removeprefix("torch.")
-    return SFTConfig(
-        **{**config.trl, "bf16": dtype == "bfloat16", "fp16": dtype == "float16", "use_cpu": device == "cpu"}
-    )
+    return SFTConfig(**{**config.trl, **precision_flags(config.model.precision, device)})
 
 
 def sft(config: SFTRunConfig) -> Path:

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from r1lite import callbacks
@@ -33,13 +34,16 @@ logger = logging.getLogger(__name__)
 RUN_FILES = ("metrics.jsonl", "completions", "adapter", "samples.jsonl")
 
 
+def precision_flags(precision: str, device: str) -> dict[str, bool]:
+    """The Trainer's mixed-precision flags for r1lite's `precision` on this device (train and sft alike)."""
+    dtype = resolve_dtype(precision, device)
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16, "use_cpu": device == "cpu"}
+
+
 def adapt_to_device(grpo: dict[str, Any], precision: str, device: str) -> dict[str, Any]:
     """GRPOConfig keyword arguments for this device: precision flags, and GPU-only settings replaced on CPU."""
-    grpo = dict(grpo)
-    dtype = str(resolve_dtype(precision, device)).removeprefix("torch.")
-    grpo["bf16"], grpo["fp16"] = dtype == "bfloat16", dtype == "float16"
+    grpo = {**grpo, **precision_flags(precision, device)}
     if device == "cpu":
-        grpo["use_cpu"] = True
         if grpo.get("use_vllm"):
             logger.warning("use_vllm needs a CUDA GPU here; generating with transformers instead")
             grpo["use_vllm"] = False
