@@ -77,9 +77,10 @@ def test_interactive_chat_answers_each_typed_question(tiny_model_dir, monkeypatc
 
     typed = iter(["What is 2 + 2?", "And 3 + 3?", ""])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
-    replies = []
-    chat(parse_config(ChatConfig, ["--model", str(tiny_model_dir), "--max_completion_length", "3"]), say=replies.append)
-    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)  # the empty line ended the chat
+    shown = []
+    chat(parse_config(ChatConfig, ["--model", str(tiny_model_dir), "--max_completion_length", "3"]), write=shown.append)
+    out = "".join(shown)
+    assert out.startswith("r1lite chat: ") and out.count("tokens/s") == 2  # the empty line ended the chat
 
 
 def test_empty_question_is_refused(capsys):

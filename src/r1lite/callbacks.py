@@ -169,6 +169,7 @@ def install(
     trainer.add_callback(MetricsWriter(out / "metrics.jsonl", resumed_step, trainer.args.process_index == 0))
     trainer.add_callback(StepProgress(desc))
     trainer.add_callback(MarkCompleteCheckpoints())
+    trainer.add_callback(RunCard())
     if reward_names is not None:
         trainer.add_callback(SignalWatch(reward_names, patience))
 
@@ -249,6 +250,17 @@ class MarkCompleteCheckpoints(TrainerCallback):
             partial = folder / (COMPLETE_MARKER + ".partial")
             partial.write_text(json.dumps({"step": state.global_step}))
             partial.replace(folder / COMPLETE_MARKER)
+
+
+class RunCard(TrainerCallback):
+    """Replace the model card TRL drafts in the run directory at each checkpoint (it names a local or embedded base
+    model "None") with r1lite's, which names the real base model, its licence and the system prompt."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from r1lite.model_card import write_run_cards
+
+            write_run_cards(Path(args.output_dir))
 
 
 class StopOnSignal(TrainerCallback):

@@ -15,6 +15,7 @@ COMMANDS = {
     "rewards": "rewards check: sample groups from a model and show which rewards carry a learning signal",
     "eval": "accuracy and format rates on GSM8K-style questions (--baseline: with vs without the adapter)",
     "report": "write plots and report.md/report.html for a run directory",
+    "export": "a run's adapter as a merged transformers model (--merged) and a GGUF file + Ollama Modelfile (--gguf)",
 }
 
 
@@ -87,6 +88,14 @@ def cmd_rewards(argv: list[str]) -> int:
     return 0
 
 
+def cmd_export(argv: list[str]) -> int:
+    from r1lite.config import ExportConfig, parse_config
+    from r1lite.export import export, summary
+
+    print(summary(export(parse_config(ExportConfig, argv))))
+    return 0
+
+
 HANDLERS = {
     "train": cmd_train,
     "sft": cmd_sft,
@@ -94,6 +103,7 @@ HANDLERS = {
     "report": cmd_report,
     "rewards": cmd_rewards,
     "eval": cmd_eval,
+    "export": cmd_export,
 }
 
 

