@@ -129,3 +129,15 @@ def test_train_refuses_a_misspelled_reward_before_loading_a_model(capsys, monkey
     assert main(["train", "--rewards", "correctnes", "--max_steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "unknown reward 'correctnes'" in err and "Traceback" not in err
+
+
+def test_ctrl_c_outside_training_is_one_line_and_exit_130(monkeypatch, capsys):
+    import r1lite.cli as cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.HANDLERS, "report", interrupted)
+    assert main(["report", "somewhere"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "r1lite report: interrupted" and "Traceback" not in err

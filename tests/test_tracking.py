@@ -120,3 +120,33 @@ def test_push_to_hub_offline_fails_in_one_clear_line(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"push_to_hub: .*hf auth login") as caught:
         check_outlets(_args(push_to_hub=True))
     assert "\n" not in str(caught.value)
+
+
+def test_publish_pushes_the_run_then_replaces_trls_card_with_ours(tracked_run, monkeypatch):
+    # The hub cannot be reached from here: the two uploads are recorded instead of sent.
+    import huggingface_hub
+
+    from r1lite.train import publish
+
+    calls = []
+
+    class Trainer:
+        hub_model_id = "someone/tracked"
+        args = SimpleNamespace(hub_token=None)
+
+        def push_to_hub(self, commit_message):
+            (tracked_run / "README.md").write_text("This model is a fine-tuned version of [None]")  # TRL's draft
+            calls.append(("push_to_hub", commit_message))
+
+        def is_world_process_zero(self):
+            return True
+
+    def upload_file(self, *, path_or_fileobj, path_in_repo, repo_id, token, commit_message):
+        calls.append(("upload_file", path_in_repo, repo_id, open(path_or_fileobj).read()))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", upload_file)
+    publish(Trainer(), tracked_run)
+    assert [c[0] for c in calls] == ["push_to_hub", "upload_file"]
+    _, path, repo, card = calls[1]
+    assert (path, repo) == ("README.md", "someone/tracked")
+    assert "[None]" not in card and "base model as given" in card

@@ -134,3 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     except R1liteError as exc:
         print(f"r1lite {command}: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:  # Ctrl-C while loading or chatting: one line, no traceback (training saves first)
+        print(f"\nr1lite {command}: interrupted", file=sys.stderr)
+        return 130

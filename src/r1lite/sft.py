@@ -25,6 +25,7 @@ from r1lite.train import (
     check_outlets,
     load_model_and_rows,
     precision_flags,
+    publish,
     run_until_done_or_signal,
     start_run,
     step_of,
@@ -75,4 +76,6 @@ def sft(config: SFTRunConfig) -> Path:
     if args.process_index == 0:
         tokenizer.save_pretrained(adapter)
         write_run_cards(out, adapter)
+    if args.push_to_hub:
+        publish(trainer, out)
     return adapter

@@ -14,6 +14,7 @@ import errno
 import importlib.util
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,8 @@ def check_hub_reachable() -> None:
     try:
         HfApi().whoami()
     except Exception as exc:  # noqa: BLE001 - no token, no network, a bad token: all mean "cannot push"
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        reason = re.split(r"(?<=[.!?])\s", first_line)[0].rstrip(".")[:200]
         raise ConfigError(
             f"push_to_hub: the Hugging Face Hub cannot be reached or no login is set ({reason}); run `hf auth login`, "
             "or set push_to_hub false (the adapter is saved in output_dir either way)"
@@ -313,7 +315,28 @@ def train(config: RunConfig) -> Path:
         tokenizer.save_pretrained(adapter_dir)
         write_run_cards(out, adapter_dir)
         logger.info("Saved adapter to %s", adapter_dir)
+    if args.push_to_hub:
+        publish(trainer, out)
     return adapter_dir
+
+
+def publish(trainer, out: Path) -> None:
+    """push_to_hub: transformers uploads the run directory (the adapter at the repository's root, checkpoints left
+    out); then r1lite's model card goes up over the draft TRL writes while pushing, which names no base model."""
+    trainer.push_to_hub(commit_message="r1lite: trained adapter")  # every process: it saves the model first
+    if not trainer.is_world_process_zero():
+        return
+    from huggingface_hub import HfApi
+
+    write_run_cards(out, out / "adapter")
+    HfApi().upload_file(
+        path_or_fileobj=str(out / "README.md"),
+        path_in_repo="README.md",
+        repo_id=trainer.hub_model_id,
+        token=trainer.args.hub_token,
+        commit_message="r1lite: model card",
+    )
+    logger.info("Pushed to https://huggingface.co/%s", trainer.hub_model_id)
 
 
 def load_model_and_rows(config: RunConfig | SFTRunConfig, args, device: str):
