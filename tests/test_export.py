@@ -17,6 +17,8 @@ from r1lite.errors import ConfigError, ExportError
 from r1lite.export import export, with_default_system_prompt
 from r1lite.prompts import SYSTEM_PROMPT
 
+pytestmark = pytest.mark.slow  # every test merges or converts a (tiny) model
+
 QUESTION = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"}]
 
 

@@ -6,20 +6,17 @@ import re
 import pytest
 import yaml
 
-from r1lite.report import (
-    ReportError,
-    _fence,
+from r1lite.errors import ReportError
+from r1lite.report import _fence, plan_headline, strict_format_key, write_report
+from r1lite.report_data import (
     default_window,
     eval_section,
     moving_average,
     phase_shares,
-    plan_headline,
     read_jsonl,
-    strict_format_key,
     throughput,
     tokens_per_second,
     window_means,
-    write_report,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

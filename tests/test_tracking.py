@@ -30,6 +30,7 @@ def tracked_run(tmp_path_factory, tiny_model_dir, gsm8k_dir):
     return out
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_hold_the_metrics_jsonl_values(tracked_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -46,6 +47,7 @@ def test_tensorboard_event_files_hold_the_metrics_jsonl_values(tracked_run):
         assert [s.value for s in scalars] == pytest.approx([r[key] for r in steps], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_config_yaml_records_the_precision_the_run_used(tracked_run):
     saved = yaml.safe_load((tracked_run / "config.yaml").read_text())
     assert saved["precision"] == "auto"
@@ -56,6 +58,7 @@ def test_config_yaml_records_the_precision_the_run_used(tracked_run):
     assert again.trl["max_steps"] == 2
 
 
+@pytest.mark.slow
 def test_model_card_names_the_base_model_not_none(tracked_run, tiny_model_dir):
     for card in (tracked_run / "README.md", tracked_run / "adapter" / "README.md"):
         text = card.read_text()
@@ -122,6 +125,7 @@ def test_push_to_hub_offline_fails_in_one_clear_line(monkeypatch, tmp_path):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_publish_pushes_the_run_then_replaces_trls_card_with_ours(tracked_run, monkeypatch):
     # The hub cannot be reached from here: the two uploads are recorded instead of sent.
     import huggingface_hub

@@ -81,7 +81,7 @@ def test_run_directory_contents(run_dir, gsm8k_dir):
     assert [r["step"] for r in evals] == [1, 2]  # every step, as eval_every says
     assert {"eval/format_strict", "eval/accuracy_lenient", "eval/n"} <= set(evals[0])
     # TRL's completion log, one file per logged step, with the gold answer r1lite adds as an extra column.
-    from r1lite.report import read_samples
+    from r1lite.report_data import read_samples
 
     logged = sorted(p.name for p in (run_dir / "completions").glob("*.parquet"))
     assert logged == ["completions_00001.parquet", "completions_00002.parquet"]

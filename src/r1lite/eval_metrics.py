@@ -143,13 +143,13 @@ def is_rate(key: str) -> bool:
     return key in RATE_METRICS or key.startswith(("pass@", "maj@"))
 
 
-def _format_value(key: str, value: float) -> str:
+def format_value(key: str, value: float) -> str:
     if is_rate(key):
         return f"{value:.1%}"
     return f"{value:g}" if key in ("n", "num_samples") else f"{value:.1f}"
 
 
-def _format_difference(key: str, diff: float) -> str:
+def format_difference(key: str, diff: float) -> str:
     if key in ("n", "num_samples"):
         return ""
     return f"{diff * 100:+.1f} pp" if is_rate(key) else f"{diff:+.1f}"
@@ -162,8 +162,8 @@ def metrics_table(columns: dict[str, dict[str, float]]) -> str:
     header = ["metric", *names] + (["difference"] if compare else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key in columns[names[0]]:
-        cells = [key] + [_format_value(key, columns[name][key]) for name in names]
+        cells = [key] + [format_value(key, columns[name][key]) for name in names]
         if compare:
-            cells.append(_format_difference(key, columns[names[1]][key] - columns[names[0]][key]))
+            cells.append(format_difference(key, columns[names[1]][key] - columns[names[0]][key]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
