@@ -13,7 +13,6 @@ Questions are drawn with a fixed seed from the whole test split.
 """
 
 import argparse
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -84,13 +83,10 @@ def main() -> None:
     print("export time (each merges the adapter first): " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     print()
 
-    model, tokenizer = load_for_generation(ModelArgs(model=source.base_model, precision="fp32"))
-    rows = load_prepared(args.dataset, "test", source.system_prompt, tokenizer=tokenizer)
-    picked = sorted(random.Random(args.seed).sample(range(len(rows)), min(args.n, len(rows))))
-    prompts = [rows[i]["prompt"] for i in picked]
-    del model
+    rows = load_prepared(args.dataset, "test", source.system_prompt, limit=args.n, seed=args.seed, sample=True)
+    prompts = [row["prompt"] for row in rows]
 
-    reference_model, _ = load_for_generation(
+    reference_model, tokenizer = load_for_generation(
         ModelArgs(model=source.base_model, precision="fp32"), adapter=str(source.adapter), merge=False
     )
     reference = replies(reference_model, tokenizer, prompts, args.tokens)

@@ -325,7 +325,10 @@ def test_eval_writes_summary_and_per_question_files(tiny_model_dir, gsm8k_dir, t
     )
     assert code == 0 and "accuracy_strict" in out
     summary = json.loads(output.read_text())
-    assert set(summary) == {"settings", "backend", "metrics", "seconds", "records"} and summary["backend"] == "hf"
+    assert set(summary) == {"settings", "backend", "metrics", "intervals", "seconds", "records"}
+    assert summary["backend"] == "hf"
+    for metric, (low, high) in summary["intervals"].items():  # 95% intervals around every rate
+        assert 0 <= low <= summary["metrics"][metric] <= high <= 1 and high - low > 0.1  # n = 4: wide
     assert summary["settings"]["temperature"] == 0.0 and summary["settings"]["dataset_test_split"] == "test"
     assert set(summary["metrics"]) == {
         "n",
@@ -341,7 +344,11 @@ def test_eval_writes_summary_and_per_question_files(tiny_model_dir, gsm8k_dir, t
     records = [json.loads(line) for line in (tmp_path / "out" / "tiny.jsonl").read_text().splitlines()]
     assert len(records) == 4
     assert {"question", "gold", "replies", "tagged", "last_number", "strict", "lenient"} <= set(records[0])
-    assert records[0]["gold"] == "18"
+    # the 4 questions are drawn with the seed from the whole split, not its first 4, each with its own gold
+    rows = [json.loads(line) for line in (gsm8k_dir / "test.jsonl").read_text().splitlines()]
+    golds = {row["question"]: row["answer"].rsplit("####", 1)[1].strip() for row in rows}
+    assert all(record["gold"] == golds[record["question"]] for record in records)
+    assert [r["question"] for r in records] != [row["question"] for row in rows[:4]]
 
 
 def test_eval_with_samples_reports_pass_at_k(tiny_model_dir, gsm8k_dir, tmp_path, capsys):
@@ -431,7 +438,14 @@ def test_eval_baseline_writes_a_side_by_side_table(tiny_model_dir, gsm8k_dir, tm
     assert code == 0
     assert "| metric | base | adapter | difference |" in out
     summary = json.loads(output.read_text())
-    assert set(summary) == {"settings", "backend", "base", "adapter", "difference", "table"}
+    assert set(summary) == {"settings", "backend", "base", "adapter", "difference", "paired", "table"}
+    base_records = [json.loads(line) for line in (tmp_path / "cmp.base.jsonl").open()]
+    adapter_records = [json.loads(line) for line in (tmp_path / "cmp.jsonl").open()]
+    for metric, key in (("accuracy_strict", "strict"), ("format_strict", "format_strict")):
+        pairs = [(b[key][0], a[key][0]) for b, a in zip(base_records, adapter_records, strict=True)]
+        counts = summary["paired"][metric]
+        assert counts["better"] == sum(a > b for b, a in pairs) and counts["worse"] == sum(a < b for b, a in pairs)
+    assert "Question by question:" in (tmp_path / "cmp.md").read_text()
     assert summary["difference"]["accuracy_strict"] == pytest.approx(
         summary["adapter"]["metrics"]["accuracy_strict"] - summary["base"]["metrics"]["accuracy_strict"]
     )

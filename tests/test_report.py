@@ -368,3 +368,22 @@ def test_smoothing_helpers():
 def test_fence_outlasts_backticks_in_a_completion():
     fenced = _fence("use ```python``` here")
     assert fenced.startswith("````\n") and fenced.endswith("\n````")
+
+
+def test_question_by_question_sign_tests_follow_the_table(run_dir):
+    data = json.loads(json.dumps(EVAL_JSON))
+    data["paired"] = {"accuracy_strict": {"better": 9, "worse": 2, "p_sign_test": 0.0654}}
+    assert eval_section(data).paired == [
+        "accuracy_strict: better on 9 questions, worse on 2 (two-sided sign test p = 0.065)"
+    ]
+    data["paired"] = {"accuracy_strict": {"better": "many"}}  # malformed: left out, not a crash
+    assert eval_section(data).paired == []
+    out = make_run_dir(run_dir, with_eval=True)
+    written = json.loads((out / "eval.json").read_text())
+    written["paired"] = {"format_strict": {"better": 90, "worse": 0, "p_sign_test": 1.6e-27}}
+    (out / "eval.json").write_text(json.dumps(written))
+    report = write_report(out)
+    md, page = report["markdown"].read_text(), report["html"].read_text()
+    line = "format_strict: better on 90 questions, worse on 0 (two-sided sign test p = 1.6e-27)"
+    assert f"- {line}" in md and md.index("| format_strict |") < md.index(line)
+    assert f"<li>{line}</li>" in page

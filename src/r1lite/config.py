@@ -95,7 +95,10 @@ class DataArgs:
     )
     max_eval_samples: int | None = field(
         default=None,
-        metadata={"help": "Evaluate on the first N questions of the test split (unset: all; 50 during training)."},
+        metadata={
+            "help": "Evaluate on N questions drawn with the seed from the whole test split (unset: all; 50 during "
+            "training)."
+        },
     )
     system_prompt: str | None = field(
         default=None, metadata={"help": "Replace the recipe's format system prompt (keep it unset to reproduce)."}

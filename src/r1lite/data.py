@@ -284,15 +284,21 @@ def load_prepared(
     tokenizer=None,
     max_prompt_length: int | None = None,
     seed: int = 0,
+    sample: bool = False,
 ) -> Dataset:
-    """Load, prepare and optionally truncate one split; few-shot examples always come from 'train'."""
-    rows = load_rows(dataset, split, n=limit, seed=seed)
+    """Load, prepare and optionally cut one split to `limit` rows: its first usable rows, or with `sample` (held-out
+    evaluation) `limit` usable rows drawn with `seed` from the whole split, kept in their order. Few-shot examples
+    always come from 'train'."""
+    rows = load_rows(dataset, split, n=None if sample else limit, seed=seed)
     pool = None
     if few_shot and split != "train":
         pool = load_rows(dataset, "train", n=max(64, few_shot * 8), seed=seed)
     prepared, _ = prepare(
         rows, system_prompt, few_shot, pool, tokenizer, max_prompt_length, seed, source=f"{dataset} [{split}]"
     )
-    if limit is not None:
-        prepared = prepared.select(range(min(limit, len(prepared))))
+    if limit is not None and limit < len(prepared):
+        if sample:
+            prepared = prepared.select(sorted(random.Random(seed).sample(range(len(prepared)), limit)))
+        else:
+            prepared = prepared.select(range(limit))
     return prepared

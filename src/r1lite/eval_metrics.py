@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from math import comb
+from math import comb, sqrt
 from typing import Any
 
 from r1lite.answers import answers_equal, check_answer, parse_number
@@ -134,6 +134,82 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
                 metrics[f"pass@{k}_{reading}"] = _mean(scores)
             metrics[f"maj@{num_samples}_{reading}"] = _mean([float(r[f"vote_{reading}_correct"]) for r in records])
     return metrics
+
+
+# ----------------------------------------------------------------------------------------------- uncertainty
+
+# Per-question scores behind each rate metric (each a list with one value per reply).
+RECORD_KEYS = {
+    "accuracy_strict": "strict",
+    "accuracy_lenient": "lenient",
+    "format_strict": "format_strict",
+    "format_soft": "format_soft",
+    "clipped_ratio": "clipped",
+}
+Z95 = 1.959964
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: sound at 0% and 100%, where the normal one collapses."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_intervals(records: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """95% intervals of each rate metric over questions. One reply per question: Wilson's. Several: the normal
+    interval of the per-question means (replies to one question are not independent of each other)."""
+    intervals = {}
+    n = len(records)
+    for metric, key in RECORD_KEYS.items():
+        means = [_question_mean(r, key) for r in records]
+        if all(len(r[key]) == 1 for r in records):
+            low, high = wilson_interval(sum(means), n)
+        else:
+            mean = _mean(means)
+            sd = sqrt(sum((m - mean) ** 2 for m in means) / max(1, n - 1))
+            low, high = max(0.0, mean - Z95 * sd / sqrt(n)), min(1.0, mean + Z95 * sd / sqrt(n))
+        intervals[metric] = [round(low, 4), round(high, 4)]
+    return intervals
+
+
+def _question_mean(record: dict[str, Any], key: str) -> float:
+    return _mean([float(v) for v in record[key]])
+
+
+def sign_test(better: int, worse: int) -> float:
+    """Two-sided exact sign test: the chance of a split at least this uneven if neither side were better."""
+    n = better + worse
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, i) for i in range(min(better, worse) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_comparison(base: list[dict[str, Any]], adapted: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Question by question, for accuracy and format: how many questions the adapter scores higher on, how many
+    lower, and the sign test's p-value. Both record lists cover the same questions in the same order."""
+    if [r["index"] for r in base] != [r["index"] for r in adapted]:
+        raise ValueError("the two evaluations cover different questions")
+    out = {}
+    for metric in ("accuracy_strict", "accuracy_lenient", "format_strict"):
+        key = RECORD_KEYS[metric]
+        pairs = [(_question_mean(b, key), _question_mean(a, key)) for b, a in zip(base, adapted, strict=True)]
+        better = sum(after > before for before, after in pairs)
+        worse = sum(after < before for before, after in pairs)
+        out[metric] = {"better": better, "worse": worse, "p_sign_test": float(f"{sign_test(better, worse):.3g}")}
+    return out
+
+
+def paired_lines(paired: dict[str, dict[str, float]]) -> list[str]:
+    return [
+        f"{metric}: better on {c['better']} questions, worse on {c['worse']} (two-sided sign test p = "
+        f"{c['p_sign_test']:.2g})"
+        for metric, c in paired.items()
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- tables

@@ -21,7 +21,14 @@ from r1lite.config import EvalConfig
 from r1lite.data import load_prepared
 from r1lite.engine import Reply, generate_replies, pick_backend, vllm_generate_replies
 from r1lite.errors import EvalError
-from r1lite.eval_metrics import metrics_table, score_question, summarise
+from r1lite.eval_metrics import (
+    metrics_table,
+    paired_comparison,
+    paired_lines,
+    rate_intervals,
+    score_question,
+    summarise,
+)
 from r1lite.models import for_generation, load_for_generation, load_tokenizer, resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -75,9 +82,15 @@ def run_name(model: str, adapter: str | None) -> str:
 
 
 def _save(result: EvalResult, path: Path) -> dict[str, Any]:
-    """Write the per-question records as JSONL; return the summary entry that points at them."""
+    """Write the per-question records as JSONL; return the summary entry that points at them, with the 95%
+    interval of every rate metric."""
     path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in result.records))
-    return {"metrics": result.metrics, "seconds": round(result.seconds, 1), "records": str(path)}
+    return {
+        "metrics": result.metrics,
+        "intervals": rate_intervals(result.records),
+        "seconds": round(result.seconds, 1),
+        "records": str(path),
+    }
 
 
 class _Evaluator:
@@ -148,6 +161,7 @@ def eval_command(config: EvalConfig) -> str:
         d.few_shot,
         d.max_eval_samples,
         seed=config.generation.seed,
+        sample=True,
     )
     rows = dataset.to_list()  # never empty: load_prepared stops on a split with no usable row
     output = Path(e.output) if e.output else Path("eval") / f"{run_name(m.model, e.adapter)}.json"
@@ -165,6 +179,8 @@ def eval_command(config: EvalConfig) -> str:
     base = evaluator.run(with_adapter=False)  # before merging: the merge consumes the adapter
     adapted = evaluator.run(with_adapter=True)
     table = metrics_table({"base": base.metrics, "adapter": adapted.metrics})
+    paired = paired_comparison(base.records, adapted.records)
+    table += "\n\nQuestion by question:\n" + "\n".join(f"- {line}" for line in paired_lines(paired))
     table_path, base_path = output.with_suffix(".md"), output.with_suffix(".base.jsonl")
     table_path.write_text(f"# {m.model} vs {e.adapter} ({d.dataset} [{d.dataset_test_split}])\n\n{table}\n")
     summary = {
@@ -173,6 +189,7 @@ def eval_command(config: EvalConfig) -> str:
         "base": _save(base, base_path),
         "adapter": _save(adapted, records_path),
         "difference": {k: adapted.metrics[k] - base.metrics[k] for k in base.metrics},
+        "paired": paired,
         "table": str(table_path),
     }
     output.write_text(json.dumps(summary, indent=2) + "\n")

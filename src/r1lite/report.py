@@ -223,6 +223,8 @@ def _md_eval(section: EvalSection) -> list[str]:
         lines += [section.caption, ""]
     if section.rows:
         lines += _md_table(section.header, section.rows) + [""]
+    if section.paired:
+        lines += ["Question by question:", ""] + [f"- {line}" for line in section.paired] + [""]
     return lines + ([section.note, ""] if section.note else [])
 
 
@@ -291,6 +293,9 @@ def _html_eval(section: EvalSection) -> str:
         parts.append(f"<p class='caption'>{e(section.caption)}</p>")
     if section.rows:
         parts.append(_html_table(section.header, section.rows, "eval-table"))
+    if section.paired:
+        items = "".join(f"<li>{e(line)}</li>" for line in section.paired)
+        parts.append(f"<p>Question by question:</p><ul class='paired'>{items}</ul>")
     if section.note:
         # The note's `command` reads as code, as in the markdown.
         note = re.sub(r"`([^`]+)`", r"<code>\1</code>", e(section.note))

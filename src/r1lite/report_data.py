@@ -151,6 +151,7 @@ class EvalSection:
     header: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     note: str = ""  # how to produce eval.json, why it could not be read, or what is missing from it
+    paired: list[str] = field(default_factory=list)  # question-by-question counts and sign tests
 
 
 EVAL_COUNTS = ("n", "num_samples")  # counts, not results: they go to the caption
@@ -240,7 +241,18 @@ def eval_section(data: Any) -> EvalSection:
             row.append(_cell(change, difference.get(key, after - before), interval))
         rows.append(row)
     header = ["metric", *sides] + (["difference"] if len(sides) == 2 else [])
-    return EvalSection(_eval_caption(data, {k: v for k, v in first.items() if k in EVAL_COUNTS}), header, rows, note)
+    caption = _eval_caption(data, {k: v for k, v in first.items() if k in EVAL_COUNTS})
+    return EvalSection(caption, header, rows, note, _paired_lines(data.get("paired")))
+
+
+def _paired_lines(paired: Any) -> list[str]:
+    """eval.json's question-by-question comparison, where it is there and well formed."""
+    if not isinstance(paired, dict):
+        return []
+    try:
+        return eval_metrics.paired_lines(paired)
+    except (KeyError, TypeError, ValueError):
+        return []
 
 
 def read_eval(run_dir: Path) -> EvalSection:

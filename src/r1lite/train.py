@@ -389,6 +389,7 @@ def _periodic_eval(config: RunConfig, tokenizer, trainer, seed: int) -> callback
         tokenizer,
         d.max_prompt_length,
         seed,
+        sample=True,
     )
     return callbacks.PeriodicEval(
         held_out, tokenizer, r.eval_every, trainer=trainer, max_completion_length=r.eval_max_completion_length
