@@ -137,3 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while loading or chatting: one line, no traceback (training saves first)
         print(f"\nr1lite {command}: interrupted", file=sys.stderr)
         return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
