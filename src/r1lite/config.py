@@ -201,7 +201,7 @@ class GenerationArgs:
     batch_size: int | None = field(
         default=None,
         metadata={
-            "help": "Sequences generated together (questions x replies). Unset: 64 on CPU, sized to the free "
+            "help": "Sequences generated together (questions x replies). Unset: 32 on CPU, sized to the free "
             "memory on a GPU."
         },
     )

@@ -24,9 +24,11 @@ from r1lite.errors import EvalError
 
 logger = logging.getLogger(__name__)
 
-# Sequences generated together on a CPU. 200 GSM8K questions on the 2-core machine: 1.38 q/s at 32, 1.49 q/s at 64
-# (benchmarks/eval_throughput.py). On a GPU the batch is sized to the free memory (`auto_batch_size`).
-CPU_BATCH_SIZE = 64
+# Sequences generated together on a CPU. 32 keeps `r1lite eval --baseline` on 64 GSM8K questions (256 new tokens) at a
+# peak of 3.56 GB resident against 5.25 GB at 64, in the same time (132 s vs 128 s; the KV cache of a batch is most
+# of the memory). On 200 questions 64 was 8% faster: 1.49 q/s against 1.38 (benchmarks/eval_throughput.py). On a GPU
+# the batch is sized to the free memory (`auto_batch_size`).
+CPU_BATCH_SIZE = 32
 MAX_GPU_BATCH_SIZE = 512
 
 
