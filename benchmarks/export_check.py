@@ -23,15 +23,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from r1lite.config import ExportConfig, ModelArgs, parse_config
 from r1lite.data import load_prepared
 from r1lite.engine import generate_replies
-from r1lite.export import export, find_source
+from r1lite.export import export, find_source, size_bytes
 from r1lite.models import load_for_generation
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 
 
 def size_mb(path: Path) -> float:
-    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-    return sum(p.stat().st_size for p in files) / 1e6
+    return size_bytes(path) / 1e6
 
 
 def replies(model, tokenizer, prompts, tokens: int) -> list[str]:

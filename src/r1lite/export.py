@@ -26,11 +26,11 @@ from pathlib import Path
 from r1lite.config import ExportConfig
 from r1lite.errors import ExportError
 from r1lite.model_card import CardFacts, describe_base, facts_from_run, write_card
-from r1lite.models import attach_adapter, for_generation, load_model
+from r1lite.models import PRECISIONS, attach_adapter, for_generation, load_model
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("bf16", "fp16", "fp32")
+DTYPES = tuple(p for p in PRECISIONS if p != "auto")
 GGUF_TYPES = ("f16", "bf16", "q8_0", "f32")
 CONVERTER = "convert_hf_to_gguf"  # the module of the convert-hf-to-gguf package: llama.cpp's converter
 # The recipe's probe settings: what a chat with the exported model samples with by default.
@@ -52,8 +52,7 @@ def find_source(run_dir: str, model: str | None, system_prompt: str | None) -> S
     """A run directory (adapter/ inside), an adapter directory or a checkpoint-N/ folder, and the facts an export
     needs from it: the base model (--model, else the run's config.yaml, else adapter_config.json) and the system
     prompt the adapter was trained under."""
-    from r1lite.model_card import read_run_config
-    from r1lite.prompts import SYSTEM_PROMPT
+    from r1lite.model_card import read_run_config, trained_system_prompt
 
     path = Path(run_dir).expanduser()
     if not path.is_dir():
@@ -80,8 +79,7 @@ def find_source(run_dir: str, model: str | None, system_prompt: str | None) -> S
     if not base:
         raise ExportError(f"no base model recorded for {adapter}: pass --model (the model the adapter was trained on)")
     if system_prompt is None:
-        trained = config.get("system_prompt") if "system_prompt" in config else None
-        system_prompt = SYSTEM_PROMPT if trained is None else trained
+        system_prompt = trained_system_prompt(config)
     name = (run or adapter).resolve().name
     return Source(adapter, run, str(base), system_prompt or None, name)
 
@@ -249,9 +247,13 @@ def write_modelfile(path: Path, gguf_path: Path, merged: Path, system_prompt: st
     return path
 
 
+def size_bytes(path: Path) -> int:
+    """A file's size, or the total of a folder's files."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def summary(written: dict[str, Path]) -> str:
     lines = []
     for name, path in written.items():
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-        lines.append(f"{name}: {path} ({size / 1e6:.1f} MB)")
+        lines.append(f"{name}: {path} ({size_bytes(path) / 1e6:.1f} MB)")
     return "\n".join(lines)

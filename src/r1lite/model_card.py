@@ -8,7 +8,6 @@ directory holds a before/after evaluation (eval.json), its figures.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any
 import yaml
 
 from r1lite import __version__
-from r1lite.models import EMBEDDED_PREFIX, embedded_origin
+from r1lite.config import DataArgs
+from r1lite.models import EMBEDDED_PREFIX, embedded_origin, looks_like_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ def describe_base(model: str) -> BaseModel:
         if origin is not None:
             return BaseModel(model, origin.hub_id, origin.licence, origin.note)
         return BaseModel(model, None, None)
-    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not Path(model).exists()
-    return BaseModel(model, model if looks_like_hub_id else None, None)
+    hub_id = looks_like_hub_id(model) and not Path(model).expanduser().exists()
+    return BaseModel(model, model if hub_id else None, None)
 
 
 @dataclass
@@ -84,12 +84,14 @@ def evaluation_table(run_dir: Path) -> str | None:
     return None
 
 
+def trained_system_prompt(config: dict[str, Any]) -> str | None:
+    """The system prompt a run trained under, resolved from its config.yaml as the run resolved it."""
+    return DataArgs(system_prompt=config.get("system_prompt")).prompt()
+
+
 def facts_from_run(run_dir: Path, kind: str, usage: str, title: str | None = None) -> CardFacts:
     """A card's facts for the run in `run_dir` (its config.yaml, metrics.jsonl and eval.json)."""
-    from r1lite.prompts import SYSTEM_PROMPT
-
     config = read_run_config(run_dir)
-    prompt = config.get("system_prompt", None)
     rewards = config.get("rewards") or []
     if not rewards and "reward_set" in config:
         rewards = [f"the {config['reward_set']} reward set"]
@@ -97,7 +99,7 @@ def facts_from_run(run_dir: Path, kind: str, usage: str, title: str | None = Non
         title=title or run_dir.resolve().name,
         base=describe_base(str(config.get("model") or "unknown")),
         kind=kind,
-        system_prompt=SYSTEM_PROMPT if prompt is None else prompt,
+        system_prompt=trained_system_prompt(config),
         method="GRPO" if "reward_set" in config else "SFT (supervised warm-up)",
         dataset=config.get("dataset"),
         rewards=[str(r) for r in rewards],
@@ -108,17 +110,12 @@ def facts_from_run(run_dir: Path, kind: str, usage: str, title: str | None = Non
 
 
 def _last_step(metrics: Path) -> int | None:
+    from r1lite.report_data import read_jsonl
+
     if not metrics.is_file():
         return None
-    last = None
-    for line in metrics.read_text(errors="replace").splitlines():
-        try:
-            step = json.loads(line).get("step")
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(step, int | float):
-            last = int(step)
-    return last
+    steps = [r["step"] for r in read_jsonl(metrics)[0] if isinstance(r.get("step"), int | float)]
+    return int(steps[-1]) if steps else None
 
 
 def render(f: CardFacts) -> str:

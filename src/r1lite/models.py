@@ -103,6 +103,11 @@ def materialise_embedded(name: str, target: Path | None = None) -> Path:
     return target
 
 
+def looks_like_hub_id(model: str) -> bool:
+    """The shape of a hub repository id, 'org/name' (whether or not a local path of that name exists)."""
+    return model.count("/") == 1 and not model.startswith((".", "/", "~"))
+
+
 def resolve_model_path(model: str) -> str:
     """A loadable path or hub id for `model`; embedded models are materialised on first use."""
     if model.startswith(EMBEDDED_PREFIX):
@@ -112,7 +117,7 @@ def resolve_model_path(model: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} exists but is not a model directory (no config.json)")
         return str(path)
-    if model.count("/") != 1 or model.startswith((".", "/", "~")):
+    if not looks_like_hub_id(model):
         raise ModelError(f"model '{model}' is neither an existing directory nor a hub id like 'org/name'")
     return model
 

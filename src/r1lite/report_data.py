@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import pairwise
@@ -278,12 +279,6 @@ def _step_seconds(series: dict[str, Series]) -> tuple[str, Series] | None:
     return None
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def tokens_per_second(series: dict[str, Series], seconds: Series) -> float | None:
     """Prompt plus completion tokens per second of step time, over the run.
 
@@ -330,7 +325,7 @@ def throughput(series: dict[str, Series]) -> list[str]:
     if timed is None:
         return []
     key, seconds = timed
-    parts = [f"{_median(seconds[1]):.3g} s/step (median of {len(seconds[1])} logged steps, {key})"]
+    parts = [f"{statistics.median(seconds[1]):.3g} s/step (median of {len(seconds[1])} logged steps, {key})"]
     rate = tokens_per_second(series, seconds)
     if rate is not None:
         parts.append(f"{rate:.3g} tokens/s (prompt + completion tokens, TRL's num_tokens, per second of {key})")

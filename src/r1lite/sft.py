@@ -19,13 +19,12 @@ from trl import SFTConfig, SFTTrainer
 from r1lite import callbacks
 from r1lite.config import SFTRunConfig
 from r1lite.data import target_reply
-from r1lite.model_card import write_run_cards
 from r1lite.models import default_device, lora_config
 from r1lite.train import (
     check_outlets,
+    finish_run,
     load_model_and_rows,
     precision_flags,
-    publish,
     run_until_done_or_signal,
     start_run,
     step_of,
@@ -71,11 +70,4 @@ def sft(config: SFTRunConfig) -> Path:
     )
     callbacks.install(trainer, out, reward_names=None, resumed_step=step_of(checkpoint), desc="SFT")
     run_until_done_or_signal(trainer, checkpoint, out)
-    adapter = out / "adapter"
-    trainer.save_model(str(adapter))
-    if args.process_index == 0:
-        tokenizer.save_pretrained(adapter)
-        write_run_cards(out, adapter)
-    if args.push_to_hub:
-        publish(trainer, out)
-    return adapter
+    return finish_run(trainer, tokenizer, out)

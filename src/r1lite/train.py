@@ -309,13 +309,18 @@ def train(config: RunConfig) -> Path:
     if config.run.eval_every:
         trainer.add_callback(_periodic_eval(config, tokenizer, trainer, args.seed))
     run_until_done_or_signal(trainer, checkpoint, out)
+    return finish_run(trainer, tokenizer, out)
+
+
+def finish_run(trainer, tokenizer, out: Path) -> Path:
+    """Save the final adapter, its tokenizer and the model cards in out/adapter; push when push_to_hub says so."""
     adapter_dir = out / "adapter"
     trainer.save_model(str(adapter_dir))  # the main process writes, the others take part in any gather
-    if args.process_index == 0:
+    if trainer.args.process_index == 0:
         tokenizer.save_pretrained(adapter_dir)
         write_run_cards(out, adapter_dir)
         logger.info("Saved adapter to %s", adapter_dir)
-    if args.push_to_hub:
+    if trainer.args.push_to_hub:
         publish(trainer, out)
     return adapter_dir
 
