@@ -1,6 +1,6 @@
 """Seconds per GRPO step: the recipe on plain TRL against r1lite's default CPU path, side by side.
 
-    python benchmarks/step_time.py                       # 1 warm-up + 5 measured steps of each (~10 min, 2 cores)
+    python benchmarks/step_time.py                       # 1 warm-up + 5 measured steps of each (~15 min, 2 cores)
     python benchmarks/step_time.py --steps 3 --output /tmp/step_time.json
     python benchmarks/step_time.py --configs recipe recipe+bf16 recipe+bf16+merged    # one lever at a time
 
@@ -15,7 +15,13 @@ on plain TRL: fp32, gradient checkpointing, TRL's generate with the adapter unme
 adds levers to it: bf16, merged (generate from a merged copy with r1lite's grouped attention), lm-head
 (log-probabilities of the completion tokens only, r1lite.cpu_fast_path.CPULogProbs), sampling (inverse-CDF draws),
 attention (the grouped attention in the loss passes too), no-gc, static-cache, paged
-(TRL's use_transformers_continuous_batching), 1-thread. The first configuration is the baseline of the ratio.
+(TRL's use_transformers_continuous_batching), 1-thread. The first configuration is the baseline of the ratios;
+by default the recipe on plain TRL in fp32, then in bf16 (what a TRL user on a bf16-capable CPU would run), then r1lite.
+
+Every run also prints the machine (CPU model, ISA flags, torch threads, copy bandwidth) and, per configuration,
+the memory-bandwidth bound of its generation (benchmarks/machine.py: every decoding step reads all weights once
+plus each sequence's KV cache) and how far the measured tokens/s are from it. For plain TRL the bound counts the
+base weights only (its unmerged adapter is read on top), so its true bound is lower.
 """
 
 from __future__ import annotations
@@ -29,7 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import decode_bound, describe  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "step_time.json"
@@ -85,7 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=5, help="measured GRPO steps per configuration")
     p.add_argument("--warmup", type=int, default=1, help="steps run first and left out of the figures")
-    p.add_argument("--configs", nargs="+", default=["recipe", "r1lite"], help="first one is the ratio's baseline")
+    p.add_argument(
+        "--configs", nargs="+", default=["recipe", "recipe+bf16", "r1lite"], help="first one is the ratios' baseline"
+    )
     p.add_argument("--dataset", type=Path, default=DEFAULT_DATA, help="folder with GSM8K train.jsonl")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file for the figures")
     p.add_argument("--reward_set", default="seed", help="seed (the recipe's rewards) or default (corrected)")
@@ -190,6 +202,15 @@ def run_r1lite(args: argparse.Namespace, out_dir: Path) -> list[dict]:
     return [record for record in records if "reward" in record]
 
 
+def _precision(name: str) -> str:
+    """The precision a configuration generates in: the recipe's are explicit, r1lite's is its `auto` on this CPU."""
+    if name != "r1lite":
+        return _recipe_options(name)["precision"]
+    from r1lite.models import cpu_has_fast_bf16
+
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
 def child(args: argparse.Namespace) -> None:
     import torch
 
@@ -200,6 +221,7 @@ def child(args: argparse.Namespace) -> None:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result = {
         "config": args.child,
+        "precision": _precision(args.child),
         "records": records,
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
@@ -223,8 +245,13 @@ def summarise(result: dict, warmup: int) -> dict:
         raise SystemExit(f"{result['config']}: no measured steps (only {len(result['records'])} logged)")
     step = [r["time/step"] for r in measured]
     tokens = [r["completions/mean_length"] * 8 for r in measured]  # 8 completions per step
+    # num_tokens is TRL's running count of prompt + completion tokens; its step-to-step difference gives the prompts.
+    counts = [0.0] + [r["num_tokens"] for r in result["records"]]
+    prompt = [(counts[i + 1] - counts[i]) / 8 - r["completions/mean_length"] for i, r in enumerate(result["records"])]
     return {
         "config": result["config"],
+        "precision": result["precision"],
+        "mean_prompt_length": statistics.mean(prompt[warmup:]),
         "steps": len(measured),
         "median_s_per_step": statistics.median(step),
         "min_s_per_step": min(step),
@@ -241,6 +268,21 @@ def summarise(result: dict, warmup: int) -> dict:
     }
 
 
+def add_bounds(summaries: list[dict], bandwidth_gbs: float) -> None:
+    """Each configuration's bandwidth bound on generation tokens/s, and measured / bound."""
+    for s in summaries:
+        context = s["mean_prompt_length"] + s["mean_completion_length"] / 2
+        bound = decode_bound(MODEL, s["precision"], 8, context, bandwidth_gbs)
+        s["bandwidth_bound"] = {
+            "weight_mb": bound.weight_bytes / 1e6,
+            "kv_kb_per_token": bound.kv_bytes_per_token / 1e3,
+            "mean_context": context,
+            "mb_per_step": bound.bytes_per_step / 1e6,
+            "tokens_per_s": bound.tokens_per_s,
+        }
+        s["bound_over_measured"] = bound.tokens_per_s / s["generation_tokens_per_s"]
+
+
 def print_table(summaries: list[dict]) -> None:
     rows = [("seconds/step (median)", "median_s_per_step", "{:.1f}"), ("  min..max", None, None)]
     rows += [(f"  {p}", p, "{:.1f}") for p in PHASE_KEYS]
@@ -248,6 +290,8 @@ def print_table(summaries: list[dict]) -> None:
         ("mean completion length", "mean_completion_length", "{:.0f}"),
         ("generated tokens/s (whole step)", "generated_tokens_per_s", "{:.1f}"),
         ("tokens/s while generating", "generation_tokens_per_s", "{:.1f}"),
+        ("  bandwidth bound (tokens/s)", "bound", "{:.0f}"),
+        ("  bound / measured", "bound_over_measured", "{:.2f}x"),
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
         ("load average (before, after)", None, None),
     ]
@@ -258,6 +302,8 @@ def print_table(summaries: list[dict]) -> None:
         for s in summaries:
             if label.strip() == "min..max":
                 cells.append(f"{s['min_s_per_step']:.1f}..{s['max_s_per_step']:.1f}")
+            elif key == "bound":
+                cells.append(fmt.format(s["bandwidth_bound"]["tokens_per_s"]))
             elif label.startswith("load"):
                 cells.append("{:.1f}, {:.1f}".format(*s["load_avg_1min"]))
             else:
@@ -276,6 +322,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
         return child(args)
+    machine = describe()
+    print(f"[step_time] machine: {machine.line()}", flush=True)
     summaries = []
     for name in args.configs:
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
@@ -300,6 +348,8 @@ def main(argv=None) -> None:
             print(f"[step_time] {name}: {args.warmup} warm-up + {args.steps} measured steps", flush=True)
             subprocess.run(cmd, check=True)
             summaries.append(summarise(json.loads(Path(out.name).read_text()), args.warmup))
+    add_bounds(summaries, machine.bandwidth_gbs)
+    print(f"machine: {machine.line()}")
     print_table(summaries)
     base = summaries[0]
     report = {
@@ -313,6 +363,7 @@ def main(argv=None) -> None:
             "few_shot": args.few_shot,
             "cpu_count": os.cpu_count(),
         },
+        "machine": asdict(machine),
         "configs": summaries,
         "ratios": {
             s["config"]: {

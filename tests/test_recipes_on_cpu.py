@@ -70,4 +70,5 @@ def test_every_recipe_is_rehearsed():
         "cpu-demo.yaml",
         "cpu-sft.yaml",
         "cpu-arith.yaml",
+        "cpu-zero.yaml",
     } <= names

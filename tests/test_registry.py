@@ -29,6 +29,14 @@ def test_every_registry_name_resolves_and_scores():
             assert len(scores) == 1 and isinstance(scores[0], float)
 
 
+def test_extra_rewards_join_either_set_by_name():
+    for set_name in REWARD_SETS:
+        funcs = resolve_rewards(set_name, ["correctness", "format_ladder"])
+        assert [f.__name__ for f in funcs] == ["correctness_reward", "format_ladder_reward"]
+    with pytest.raises(RewardError, match="known: xmlcount, .*, correctness, format_ladder"):
+        resolve_rewards("seed", ["ladder"])
+
+
 def test_dotted_paths_and_subsets():
     funcs = resolve_rewards("default", ["correctness", "tests.helpers:length_reward", "tests.helpers.length_reward"])
     assert funcs[1] is length_reward is funcs[2]

@@ -3,7 +3,8 @@ the default set scores the same replies as the recipe meant to."""
 
 import pytest
 
-from r1lite.rewards.corrected import CORRECTED_REWARDS
+from r1lite.rewards import resolve_rewards
+from r1lite.rewards.corrected import CORRECTED_REWARDS, format_ladder
 from r1lite.rewards.seed import SEED_REWARDS
 
 # The prompted layout, one line of reasoning (the only shape the recipe's strict regex accepts).
@@ -153,3 +154,40 @@ PATHOLOGICAL = [
 def test_pathological_completions_get_the_right_scores(text, expected):
     scores = tuple(score(CORRECTED_REWARDS, name, text) for name in CORRECTED_REWARDS)
     assert scores == pytest.approx(expected)
+
+
+LADDER = [
+    ("", 0.0),
+    ("The answer is 18.", 0.0),
+    ("Sure! <reasoning>\n6 * 3 = 18", 0.0),  # the layout must open the reply
+    ("\n<reasoning>\n6 * 3 = 18", 0.125),  # leading whitespace is free
+    ("<reasoning>\n6 * 3 = 18\n</reasoning>\nso 18", 0.25),
+    ("<reasoning>\n6 * 3 = 18\n</reasoning>\n\n<answer>\n18", 0.375),
+    ("<reasoning>\n6 * 3 = 18\n</reasoning>\n<answer>\n18\n</answer>\n", 0.5),
+    ("<reasoning>\n\n</reasoning>\n<answer>\n\n</answer>", 0.5),  # empty blocks: format only, as strict_format
+    # out of order pays nothing beyond the rungs already climbed in order
+    ("<reasoning>\nx\n<answer>\n18\n</answer>\n</reasoning>\n", 0.25),
+    ("</reasoning>\n<answer>\n18\n</answer>", 0.0),
+    ("<answer>\n18\n</answer>\n<reasoning>\nx\n</reasoning>\n", 0.0),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), LADDER)
+def test_format_ladder_pays_each_rung_only_in_order(text, expected):
+    (func,) = resolve_rewards("default", ["format_ladder"])
+    assert func(prompts=[[]], completions=[[{"role": "assistant", "content": text}]]) == [pytest.approx(expected)]
+
+
+def test_format_ladder_top_means_soft_format_and_strict_layout_means_top():
+    for text, _ in LADDER:
+        if format_ladder(text) == 0.5:
+            assert score(CORRECTED_REWARDS, "soft_format", text) == 0.5
+        if score(CORRECTED_REWARDS, "strict_format", text) == 0.5:
+            assert format_ladder(text) == 0.5
+
+
+def test_format_ladder_is_linear_on_long_replies():
+    text = "<reasoning>\n" + "\n</reasoning>\n" * 20_000 + "<answer>\n" + "\n</answer>" * 20_000
+    assert format_ladder(text) == 0.25  # the answer block must follow the first close
+    assert format_ladder("<reasoning>\n" + "x" * 200_000 + "\n</reasoning>\n<answer>\n" + "\n</answer>" * 20_000) == 0.5
+    assert format_ladder("<reasoning>\n" + "x" * 200_000) == 0.125

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from r1lite.errors import RewardError
 from r1lite.rewards.base import RewardFunc, completion_text
-from r1lite.rewards.corrected import CORRECTED_REWARDS
+from r1lite.rewards.corrected import CORRECTED_REWARDS, EXTRA_REWARDS
 from r1lite.rewards.seed import SEED_REWARDS
 
 logger = logging.getLogger(__name__)
@@ -51,12 +51,13 @@ def resolve_rewards(reward_set: str = "default", names: list[str] | None = None)
         return list(registry.values())
     funcs = []
     for name in names:
-        if name in registry:
-            funcs.append(registry[name])
+        if name in registry or name in EXTRA_REWARDS:
+            funcs.append(registry.get(name) or EXTRA_REWARDS[name])
         elif ":" in name or "." in name:
             funcs.append(import_reward(name))
         else:
-            raise RewardError(f"unknown reward '{name}' in set '{reward_set}'; known: {', '.join(registry)}")
+            known = ", ".join([*registry, *EXTRA_REWARDS])
+            raise RewardError(f"unknown reward '{name}' in set '{reward_set}'; known: {known}")
     return funcs
 
 

@@ -90,6 +90,39 @@ def correctness_reward(prompts, completions, answer, **kwargs) -> list[float]:
     return [2.0 if answers_equal(extract_tagged_answer(t), gold) else 0.0 for t, gold in pairs]
 
 
+# The layout as four rungs, each the next piece of text a well-formed reply writes after the last.
+_LADDER = ("<reasoning>\n", "\n</reasoning>\n", "<answer>\n", "\n</answer>")
+_LADDER_RUNG_SCORE = 0.125
+
+
+def format_ladder(text: str) -> float:
+    """0.125 per rung of the layout climbed in order, at most 0.5.
+
+    Rungs: the reply opens with ``<reasoning>``; closes it; opens ``<answer>`` right after (whitespace
+    between the blocks allowed, as soft_format does); closes it. A rung only counts once every rung
+    below it is in place, and nothing is paid for tags out of order, so the score rises only along
+    the path to the full layout. Everything after the answer block is left to xmlcount's penalty.
+    """
+    body = text.lstrip()
+    if not body.startswith(_LADDER[0]):
+        return 0.0
+    rungs, pos = 1, len(_LADDER[0]) - 1  # the opening newline may also start an empty block's close
+    close = body.find(_LADDER[1], pos)
+    if close >= 0:
+        rungs, pos = 2, close + len(_LADDER[1])
+        after = body[pos:].lstrip()
+        if after.startswith(_LADDER[2]):
+            rungs = 3
+            if after.find(_LADDER[3], len(_LADDER[2]) - 1) >= 0:
+                rungs = 4
+    return _LADDER_RUNG_SCORE * rungs
+
+
+def format_ladder_reward(prompts, completions, **kwargs) -> list[float]:
+    """Ordered partial credit for the layout (not in the recipe): a learning signal for pure RL from a cold start."""
+    return [format_ladder(t) for t in completion_texts(completions)]
+
+
 # Same keys and order as SEED_REWARDS: the order sets the column order of the logged metrics.
 CORRECTED_REWARDS = {
     "xmlcount": xmlcount_reward,
@@ -98,3 +131,6 @@ CORRECTED_REWARDS = {
     "int": int_reward,
     "correctness": correctness_reward,
 }
+
+# Rewards outside the recipe's five, named in a recipe's `rewards:` list with either set.
+EXTRA_REWARDS = {"format_ladder": format_ladder_reward}
