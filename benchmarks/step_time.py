@@ -309,8 +309,9 @@ def print_table(summaries: list[dict]) -> None:
             else:
                 cells.append(fmt.format(s["phases_median_s"][key] if key in PHASE_KEYS else s[key]))
         print(f"{label:34}" + "".join(f"{c:>{width}}" for c in cells))
-    base = summaries[0]
-    for s in summaries[1:]:
+    base, last = summaries[0], summaries[-1]
+    pairs = [(base, s) for s in summaries[1:]] + [(s, last) for s in summaries[1:-1]]  # also each peer / the last
+    for base, s in pairs:
         print(
             f"ratio {base['config']} / {s['config']}: {base['median_s_per_step'] / s['median_s_per_step']:.2f}x "
             f"seconds per step, {base['s_per_generated_token'] / s['s_per_generated_token']:.2f}x "
