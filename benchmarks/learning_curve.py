@@ -16,6 +16,7 @@ seed's own accuracy interval is Wilson's.
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -58,8 +59,7 @@ def mean_interval(values: list[float]) -> tuple[float, float, float]:
     mean = sum(values) / n
     if n < 2:
         return mean, float("nan"), float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = T95.get(n - 1, 1.96) * sd / math.sqrt(n)
+    half = T95.get(n - 1, 1.96) * statistics.stdev(values) / math.sqrt(n)
     return mean, mean - half, mean + half
 
 

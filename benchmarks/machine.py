@@ -11,6 +11,7 @@ divided by the bandwidth.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
@@ -21,27 +22,28 @@ from dataclasses import asdict, dataclass
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
-def cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in ISA_FLAGS if flag in present]
-    except OSError:
-        pass
-    return []
+    present = set(_cpuinfo().get("flags", "").split())
+    return [flag for flag in ISA_FLAGS if flag in present]
 
 
 def memory_bandwidth_gbs(size_mb: int = 512, repeats: int = 7) -> float:
@@ -74,11 +76,13 @@ class Machine:
     bandwidth_gbs: float
 
     def line(self) -> str:
-        return (
+        line = (
             f"{self.cpu} | ISA {' '.join(self.isa) or '-'} (torch kernels: {self.torch_cpu_capability}) | "
-            f"{self.threads} torch threads on {self.cores} cores | torch {self.torch} | "
-            f"memory bandwidth {self.bandwidth_gbs:.1f} GB/s (copy)"
+            f"{self.threads} torch threads on {self.cores} cores | torch {self.torch}"
         )
+        if self.bandwidth_gbs == self.bandwidth_gbs:  # not measured: NaN
+            line += f" | memory bandwidth {self.bandwidth_gbs:.1f} GB/s (copy)"
+        return line
 
 
 def describe(bandwidth: bool = True) -> Machine:
@@ -116,6 +120,7 @@ class DecodeBound:
         return self.sequences * self.bandwidth_gbs * 1e9 / self.bytes_per_step
 
 
+@functools.cache  # one load per model and precision, however many configurations share them
 def model_bytes(model_name: str, precision: str) -> tuple[int, int]:
     """(weight bytes, KV-cache bytes per token) of a model as r1lite generates with it: merged, in `precision`."""
     import torch

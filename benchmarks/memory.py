@@ -11,14 +11,14 @@ is 4 GB or less for every command. Also printed: the CPU, its flags and the thre
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 REPO = Path(__file__).resolve().parents[1]
@@ -52,20 +52,6 @@ def peak_rss(argv: list[str], log: Path) -> tuple[float, float, int]:
     return usage.ru_maxrss / 1024**2, time.perf_counter() - start, proc.returncode  # ru_maxrss: KiB on Linux
 
 
-def cpu_line() -> str:
-    model, flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{model}; {', '.join(isa) or 'no AVX-512/AMX'}; torch threads {torch.get_num_threads()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adapter", required=True, help="an adapter of the embedded model (the demo's SFT one)")
@@ -74,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="r1lite-memory-"))
-    print(cpu_line())
+    print(describe(bandwidth=False).line())
     print(f"{'command':<15} {'peak RSS':>10} {'seconds':>8}  {'<= 4 GB':<8}")
     for name, argv in commands(args.adapter, args.dataset, work).items():
         if args.only and name not in args.only:

@@ -206,9 +206,11 @@ def _precision(name: str) -> str:
     """The precision a configuration generates in: the recipe's are explicit, r1lite's is its `auto` on this CPU."""
     if name != "r1lite":
         return _recipe_options(name)["precision"]
-    from r1lite.models import cpu_has_fast_bf16
+    import torch
 
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    from r1lite.models import resolve_dtype
+
+    return "bf16" if resolve_dtype("auto", "cpu") == torch.bfloat16 else "fp32"
 
 
 def child(args: argparse.Namespace) -> None:
