@@ -204,30 +204,36 @@ def test_batched_generation_equals_one_at_a_time(tiny, questions):
     assert len({group[0].text for group in batched}) > 1
 
 
-def test_decode_drops_finished_rows_and_matches_generate(tiny, questions):
+def _encoded(tokenizer, prompts) -> list[list[int]]:
+    return [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts]
+
+
+def test_decode_refills_slots_and_matches_generate(tiny, questions):
     model, tokenizer = tiny
     prompts = questions["prompt"]
-    encoded = [
-        tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts
-    ]
-    batch = tokenizer.pad({"input_ids": encoded}, padding_side="left", return_tensors="pt")
+    done = []
 
-    def run(eos: int) -> list[list[int]]:
+    def run(eos: int, slots: int) -> list[list[int]]:
         with torch.inference_mode():
             return decode(
                 model,
-                batch["input_ids"],
-                batch["attention_mask"],
+                _encoded(tokenizer, prompts),
                 num_generations=1,
                 temperature=0.0,
                 top_p=1.0,
                 max_completion_length=12,
                 eos=[eos],
+                slots=slots,
+                on_prompt_done=done.append,
             )
 
-    # Declare a token the first reply writes early to be end-of-sequence: that row leaves the batch mid-way.
-    eos = run(eos=len(tokenizer) + 1)[0][3]
-    ours = run(eos)
+    # Declare a token the first reply writes early to be end-of-sequence: that reply leaves mid-way and, with
+    # fewer slots than prompts, the next prompt takes its slot while the others go on decoding.
+    eos = run(eos=len(tokenizer) + 1, slots=5)[0][3]
+    done.clear()
+    ours = run(eos, slots=2)
+    assert sorted(done) == list(range(5))
+    assert ours == run(eos, slots=5)
     model.set_attn_implementation("sdpa")
     try:
         reference = [_hf_generate(model, tokenizer, prompt, 12, eos) for prompt in prompts]
@@ -235,6 +241,34 @@ def test_decode_drops_finished_rows_and_matches_generate(tiny, questions):
         model.set_attn_implementation(GROUPED_ATTENTION)
     assert ours == reference
     assert min(map(len, ours)) < 12 == max(map(len, ours))
+
+
+def test_slot_cache_writes_in_place_and_masks_the_rest(tiny, questions):
+    """The slot cache holds exactly what a DynamicCache holds for each reply, at the reply's own positions."""
+    from transformers import DynamicCache
+
+    from r1lite.engine import SlotCache, _prefill
+
+    model, tokenizer = tiny
+    prompts = _encoded(tokenizer, questions["prompt"][:3])
+    with torch.inference_mode():
+        _, prefill, starts = _prefill(model, prompts, model.device)
+        cache = SlotCache(prefill, slots=4, capacity=max(map(len, prompts)) + 3)
+        for row, slot in enumerate((2, 0, 3)):
+            cache.fill(slot, prefill, row, starts[row])
+        for layer in range(len(prefill.layers)):
+            for row, slot in enumerate((2, 0, 3)):
+                length = len(prompts[row])
+                assert torch.equal(cache.keys[layer][slot, :, :length], prefill.layers[layer].keys[row, :, starts[row] :])
+                assert not cache.keys[layer][slot, :, length:].any()  # nothing beyond the prompt yet
+            assert not cache.values[layer][1].any()  # the slot no prompt took
+        reference = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([prompts[1]]), past_key_values=reference, use_cache=True)
+        assert torch.allclose(cache.keys[0][0, :, : len(prompts[1])], reference.layers[0].keys[0], atol=1e-5)
+        kept = [cache.keys[0][3].clone(), cache.values[0][0].clone()]
+        cache.keep(torch.tensor([3, 0]))
+        assert cache.slots == 2
+        assert torch.equal(cache.keys[0][0], kept[0]) and torch.equal(cache.values[0][1], kept[1])
 
 
 def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny, questions):
@@ -551,36 +585,16 @@ class _ExplicitDevices(torch.overrides.TorchFunctionMode):
 
 def test_decode_makes_every_tensor_on_the_models_device(tiny, questions):
     model, tokenizer = tiny
-    prompts = questions["prompt"]
-    encoded = [
-        tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts
-    ]
-    batch = tokenizer.pad({"input_ids": encoded}, padding_side="left", return_tensors="pt")
+    prompts = _encoded(tokenizer, questions["prompt"])
+    settings = dict(top_p=1.0, max_completion_length=12, slots=4)
     with torch.inference_mode():
-        first = decode(
-            model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            num_generations=1,
-            temperature=0.0,
-            top_p=1.0,
-            max_completion_length=12,
-            eos=[len(tokenizer) + 1],
-        )
-    eos = first[0][3]  # a token one reply writes early: that row leaves the batch mid-way
+        first = decode(model, prompts, num_generations=1, temperature=0.0, eos=[len(tokenizer) + 1], **settings)
+    eos = first[0][3]  # a token one reply writes early: that reply ends mid-way
     mode = _ExplicitDevices()
     with torch.inference_mode(), mode:
-        out = decode(
-            model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            num_generations=2,
-            temperature=1.0,
-            top_p=1.0,
-            max_completion_length=12,
-            eos=[eos],
-        )
-    assert mode.checked >= 2 and min(map(len, out)) < 12  # rows ended early, so the index paths ran
+        out = decode(model, prompts, num_generations=2, temperature=1.0, eos=[eos], **settings)
+    # Rows ended early, slots were refilled and the cache shrank, so the index paths ran.
+    assert mode.checked >= 2 and min(map(len, out)) < 12 and len(out) == 10
 
 
 def test_mixed_devices_are_named_before_indexing():

@@ -1,8 +1,9 @@
 """Batched decoding: the one generation loop behind eval, chat, rewards check and periodic evaluation.
 
-Left-padded batches, longest prompts first so each batch pads little; a reply leaves its batch as soon
-as it ends (`decode`), and each prompt is encoded once however many replies it gets. Every tensor the
-loop makes lives on the model's device. A lone reply can be streamed: `generate_replies(..., streamer=...)`
+Continuous batching (`decode`): a fixed number of sequences decode together, each in its own slot of a
+cache written in place (`SlotCache`, no copy per token); a reply leaves as soon as it ends and the next
+prompt takes its slot, longest prompts first. Each prompt is encoded and prefilled once however many
+replies it gets. Every tensor the loop makes lives on the model's device. A lone reply can be streamed: `generate_replies(..., streamer=...)`
 feeds a transformers streamer (`TextStreamer`, `TextIteratorStreamer` or a subclass) the way `model.generate`
 does, from this same loop, so a streamed reply is token for token the reply the call returns. Where vLLM is
 installed and a GPU present, `vllm_generate_replies` gives the same replies from vLLM (`pick_backend` chooses).
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -98,55 +100,178 @@ def _same_device(device: torch.device, **tensors: torch.Tensor) -> None:
         raise RuntimeError(f"decode: tensors {wrong} are not on the model's device {device}")
 
 
+class SlotCache:
+    """A key/value cache of fixed shape: one slot of `capacity` positions per sequence, written in place.
+
+    Each layer's keys and values live in one (slots, kv_heads, capacity, head_dim) tensor allocated once. A decoding
+    step writes every sequence's new key and value at that sequence's own position (`write_at`), and attention reads
+    the whole capacity with the positions not yet written masked out. Nothing is copied per token, where
+    `DynamicCache` concatenates and so copies the whole cache at every token; and a slot whose reply has ended takes
+    the next prompt's keys and values (`fill`) while the other slots go on decoding.
+
+    It answers the one call a decoder layer makes (`update`): the model is always given positions and a ready 4-D
+    mask, so it never asks the cache for its length or mask sizes."""
+
+    def __init__(self, prefill: DynamicCache, slots: int, capacity: int):
+        first = prefill.layers[0].keys  # (B, kv_heads, T, head_dim): shapes, dtype and device as the model makes them
+        shape = (slots, first.shape[1], capacity, first.shape[3])
+        self.keys = [first.new_zeros(shape) for _ in prefill.layers]
+        self.values = [first.new_zeros(shape) for _ in prefill.layers]
+        self.slot_index = self.position = None
+
+    @property
+    def slots(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys[0].dtype
+
+    def write_at(self, position: torch.Tensor) -> None:
+        """Where (slots,) each slot's next key and value go."""
+        self.slot_index = torch.arange(len(position), device=position.device)
+        self.position = position
+
+    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+        # Indexed assignment, not scatter_: on a CPU scatter_ took 40x as long for the same write.
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[self.slot_index, :, self.position] = key_states[:, :, 0]
+        values[self.slot_index, :, self.position] = value_states[:, :, 0]
+        return keys, values
+
+    def fill(self, slot: int, prefill: DynamicCache, row: int, start: int) -> None:
+        """Slot `slot` takes row `row` of a left-padded prefill, from `start` (its first real token) on."""
+        length = prefill.layers[0].keys.shape[2] - start
+        for keys, values, layer in zip(self.keys, self.values, prefill.layers, strict=True):
+            keys[slot, :, :length] = layer.keys[row, :, start:]
+            values[slot, :, :length] = layer.values[row, :, start:]
+
+    def keep(self, slots: torch.Tensor) -> None:
+        """Only `slots` remain, renumbered from 0 in that order (one copy of what they hold)."""
+        self.keys = [keys[slots] for keys in self.keys]
+        self.values = [values[slots] for values in self.values]
+
+
+# Attention implementations that take a ready 4-D additive mask. A model set to another one (flash attention)
+# decodes with SDPA, the same attention computed another way.
+MASKED_ATTENTION = ("eager", "sdpa", "r1lite_grouped")
+
+
+@contextmanager
+def _masked_attention(model) -> Iterator[None]:
+    current = model.config._attn_implementation
+    if current in MASKED_ATTENTION:
+        yield
+        return
+    model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
+
+
+def _prefill(model, prompts: list[list[int]], device: torch.device):
+    """Logits (B, V) for the next token of each prompt, the cache of the left-padded batch, and where each row's
+    prompt starts in it."""
+    width = max(len(p) for p in prompts)
+    starts = [width - len(p) for p in prompts]
+    ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+    for row, (prompt, start) in enumerate(zip(prompts, starts, strict=True)):
+        ids[row, start:] = torch.tensor(prompt, dtype=torch.long, device=device)
+        mask[row, start:] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding shifts positions
+    cache = DynamicCache(config=model.config)
+    return _forward(model, ids, mask, positions, cache), cache, starts
+
+
 def decode(
     model,
-    input_ids,
-    attention_mask,
+    prompts: Sequence[list[int]],
     *,
     num_generations: int,
     temperature: float,
     top_p: float,
     max_completion_length: int,
     eos: list[int],
+    slots: int,
     on_token: Callable[[int, int], None] | None = None,
+    on_prompt_done: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
-    """Generated tokens (up to and including EOS) for each row of a left-padded batch, `num_generations`
-    consecutive rows per prompt. `on_token(row, token)` is called for each token as soon as it is picked.
+    """Generated tokens (up to and including EOS) of `num_generations` replies to each prompt (token ids); reply g
+    to prompt p is row p * num_generations + g. `on_token(row, token)` is called for each token as soon as it is
+    picked, and `on_prompt_done(p)` once every reply to prompt p has ended.
 
-    Unlike `generate`, a row leaves the batch as soon as it ends instead of riding along until the
-    longest reply is done.
+    Continuous batching over `slots` sequences: prompts enter in the order given as soon as there are slots for all
+    their replies, and a reply leaves the moment it ends (where `generate` keeps every row until the longest reply
+    is done), its slot going to the next prompt. Once no prompt is waiting and half the slots are idle, the cache
+    shrinks to the live ones, so the last replies do not pay for empty slots.
     """
-    device = input_ids.device
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding shifts positions
-    cache = DynamicCache(config=model.config)
-    logits = _forward(model, input_ids, attention_mask, positions, cache)
-    if num_generations > 1:
-        cache.batch_repeat_interleave(num_generations)
-        logits, attention_mask, positions = (
-            t.repeat_interleave(num_generations, dim=0) for t in (logits, attention_mask, positions)
-        )
-    rows = torch.arange(logits.shape[0], device=device)  # which output row each batch row is
-    position = positions[:, -1:]  # (B, 1)
+    n = num_generations
+    if slots < n:
+        raise EvalError(f"{slots} slots cannot hold the {n} replies of one prompt")
+    device = model.device
+    out: list[list[int]] = [[] for _ in range(len(prompts) * n)]
+    if not prompts:
+        return out
+    capacity = max(len(p) for p in prompts) + max_completion_length
+    span = torch.arange(capacity, device=device)
     eos_tensor = torch.tensor(eos, device=device)
-    out: list[list[int]] = [[] for _ in range(len(rows))]
-    for step in range(max_completion_length):
-        tokens = _pick(logits, temperature, top_p)  # (B,)
-        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
-            out[row].append(token)
+    rows = torch.full((slots,), -1, dtype=torch.long, device=device)  # the reply each slot decodes; -1: idle
+    position = torch.zeros(slots, dtype=torch.long, device=device)  # where each slot's next token goes
+    made = torch.zeros(slots, dtype=torch.long, device=device)  # tokens each slot's reply has so far
+    token = torch.zeros(slots, dtype=torch.long, device=device)  # the token each slot feeds next
+    replies_left = [n] * len(prompts)
+    waiting = 0  # the next prompt to enter
+    cache: SlotCache | None = None
+    logits: torch.Tensor | None = None  # (slots, V): what each live slot picks its next token from
+    while True:
+        idle = (rows < 0).nonzero().squeeze(1).tolist()
+        enter = min(len(idle) // n, len(prompts) - waiting)
+        if enter:
+            entering = range(waiting, waiting + enter)
+            fresh, prefill, starts = _prefill(model, [prompts[p] for p in entering], device)
+            if cache is None:
+                cache = SlotCache(prefill, slots, capacity)
+                logits = fresh.new_empty(slots, fresh.shape[-1])
+            for i, p in enumerate(entering):
+                for g in range(n):
+                    slot = idle[i * n + g]
+                    cache.fill(slot, prefill, i, starts[i])
+                    rows[slot], position[slot], made[slot], logits[slot] = p * n + g, len(prompts[p]), 0, fresh[i]
+            waiting += enter
+        live = (rows >= 0).nonzero().squeeze(1)
+        picked = _pick(logits[live], temperature, top_p)
+        made[live] += 1
+        live_rows = rows[live]
+        for row, t in zip(live_rows.tolist(), picked.tolist(), strict=True):
+            out[row].append(t)
             if on_token is not None:
-                on_token(row, token)
-        alive = ~torch.isin(tokens, eos_tensor)
-        if step == max_completion_length - 1 or not alive.any():
-            break
-        if not alive.all():
-            keep = alive.nonzero().squeeze(1)
-            _same_device(device, rows=rows, keep=keep, attention_mask=attention_mask, position=position)
-            cache.batch_select_indices(keep)
-            rows, tokens, attention_mask, position = rows[keep], tokens[keep], attention_mask[keep], position[keep]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
-        position = position + 1
-        logits = _forward(model, tokens[:, None], attention_mask, position, cache)
-    return out
+                on_token(row, t)
+        ended = torch.isin(picked, eos_tensor) | (made[live] >= max_completion_length)
+        for row in live_rows[ended].tolist():
+            replies_left[row // n] -= 1
+            if replies_left[row // n] == 0 and on_prompt_done is not None:
+                on_prompt_done(row // n)
+        rows[live[ended]], position[live[ended]] = -1, 0
+        token[live] = picked
+        going = live[~ended]
+        if waiting == len(prompts):
+            if len(going) == 0:
+                return out
+            if len(going) <= cache.slots // 2:  # nothing left to enter: shrink to the live slots
+                _same_device(device, going=going, rows=rows)
+                cache.keep(going)
+                rows, position, made, token, logits = (t[going] for t in (rows, position, made, token, logits))
+                going = torch.arange(len(going), device=device)
+        if len(going) == 0:
+            continue  # every live reply ended: prompts enter the freed slots before anything is decoded
+        # One token for every slot; idle slots write at position 0 of their own slot, which the next prompt overwrites.
+        cache.write_at(position)
+        mask = torch.zeros(cache.slots, 1, 1, capacity, dtype=cache.dtype, device=device)
+        mask.masked_fill_(span > position[:, None, None, None], torch.finfo(cache.dtype).min)
+        logits = _forward(model, token[:, None], mask, position[:, None], cache)
+        position[going] += 1
 
 
 def auto_batch_size(model, max_tokens: int) -> int:
@@ -176,8 +301,8 @@ def generate_replies(
     progress: bool = True,
     streamer=None,
 ) -> list[list[Reply]]:
-    """`num_generations` replies per prompt; a batch holds `batch_size` sequences (batch_size // num_generations
-    prompts). The RNG is forked: sampling here leaves the random stream of a training run that calls it untouched.
+    """`num_generations` replies per prompt, `batch_size` sequences decoding at a time (at least the replies to
+    one prompt). The RNG is forked: sampling here leaves the random stream of a training run that calls it untouched.
 
     `streamer` (one prompt, one reply): a transformers streamer fed as `model.generate` feeds one: the prompt's
     tokens first (skip them with `skip_prompt=True`), then each generated token the moment it is picked, the
@@ -187,40 +312,39 @@ def generate_replies(
     if streamer is not None and (len(prompts) != 1 or num_generations != 1):
         raise EvalError(f"a streamer follows one reply: got {len(prompts)} prompts x {num_generations} replies")
     encoded = [_encode(tokenizer, prompt) for prompt in prompts]
-    # Longest first: similar lengths share a batch (little padding), and memory peaks at the start.
+    # Longest first: memory peaks at the start, and the short prompts at the end fill the slots the last long
+    # replies leave.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     longest = max((len(e) for e in encoded), default=0)
-    batch_size = batch_size or auto_batch_size(model, longest + max_completion_length)
-    per_batch = max(1, batch_size // num_generations)
+    slots = max(num_generations, batch_size or auto_batch_size(model, longest + max_completion_length))
     eos = eos_ids(model, tokenizer)
-    replies: list[list[Reply]] = [[] for _ in encoded]
     bar = tqdm(total=len(encoded), desc="generate", unit="q", disable=not progress, dynamic_ncols=True)
-    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []), torch.inference_mode():
+    if streamer is not None:
+        streamer.put(torch.tensor([encoded[0]]))
+    with (
+        torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []),
+        torch.inference_mode(),
+        _masked_attention(model),
+    ):
         torch.manual_seed(seed)
-        for start in range(0, len(order), per_batch):
-            ids = order[start : start + per_batch]
-            batch = tokenizer.pad(
-                {"input_ids": [encoded[i] for i in ids]}, padding_side="left", return_tensors="pt"
-            ).to(model.device)
-            if streamer is not None:
-                streamer.put(torch.tensor([encoded[ids[0]]]))
-            generated = decode(
-                model,
-                batch["input_ids"],
-                batch["attention_mask"],
-                num_generations=num_generations,
-                temperature=temperature,
-                top_p=top_p,
-                max_completion_length=max_completion_length,
-                eos=eos,
-                on_token=None if streamer is None else lambda _row, token: streamer.put(torch.tensor([token])),
-            )
-            for row, tokens in enumerate(generated):
-                clipped = tokens[-1] not in eos
-                text = tokenizer.decode(tokens, skip_special_tokens=True)
-                replies[ids[row // num_generations]].append(Reply(text, len(tokens), clipped))
-            bar.update(len(ids))
+        generated = decode(
+            model,
+            [encoded[i] for i in order],
+            num_generations=num_generations,
+            temperature=temperature,
+            top_p=top_p,
+            max_completion_length=max_completion_length,
+            eos=eos,
+            slots=slots,
+            on_token=None if streamer is None else lambda _row, token: streamer.put(torch.tensor([token])),
+            on_prompt_done=lambda _p: bar.update(1),
+        )
     bar.close()
+    replies: list[list[Reply]] = [[] for _ in encoded]
+    for row, tokens in enumerate(generated):
+        clipped = tokens[-1] not in eos
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        replies[order[row // num_generations]].append(Reply(text, len(tokens), clipped))
     if streamer is not None:
         streamer.end()
     return replies
