@@ -237,38 +237,59 @@ def test_decode_refills_slots_and_matches_generate(tiny, questions):
     model.set_attn_implementation("sdpa")
     try:
         reference = [_hf_generate(model, tokenizer, prompt, 12, eos) for prompt in prompts]
+        with_sdpa = run(eos, slots=2)  # the slot cache's masks in SDPA's hands
     finally:
         model.set_attn_implementation(GROUPED_ATTENTION)
-    assert ours == reference
+    assert ours == reference == with_sdpa
     assert min(map(len, ours)) < 12 == max(map(len, ours))
 
 
-def test_slot_cache_writes_in_place_and_masks_the_rest(tiny, questions):
-    """The slot cache holds exactly what a DynamicCache holds for each reply, at the reply's own positions."""
-    from transformers import DynamicCache
+def test_slot_cache_writes_where_aimed():
+    from r1lite.engine import SlotCache
 
-    from r1lite.engine import SlotCache, _prefill
+    cache = SlotCache(slots=3, capacity=6, device=torch.device("cpu"), dtype=torch.float32)
+    kv_heads, dim = 2, 4
+    # A prefill of two rows into slots 2 and 0, columns 1..3: attention gets a copy of just those slots.
+    new = torch.arange(2 * kv_heads * 3 * dim, dtype=torch.float32).view(2, kv_heads, 3, dim)
+    cache.aim(torch.tensor([[1, 2, 3], [1, 2, 3]]), slots=torch.tensor([2, 0]))
+    keys, values = cache.update(new, -new, 0)
+    assert keys.shape == (2, kv_heads, 4, dim) and torch.equal(keys[:, :, 1:], new)
+    assert torch.equal(cache.keys[0][2, :, 1:4], new[0]) and torch.equal(cache.values[0][0, :, 1:4], -new[1])
+    assert not cache.keys[0][1].any() and not cache.keys[0][:, :, 4:].any()
+    # A decoding step: one column per slot, each its own; attention reads the cache itself.
+    step = torch.ones(3, kv_heads, 1, dim)
+    cache.aim(torch.tensor([[4], [0], [5]]))
+    keys, _ = cache.update(step, step, 0)
+    assert keys is cache.keys[0]
+    assert keys[0, :, 4].eq(1).all() and keys[1, :, 0].eq(1).all() and keys[2, :, 5].eq(1).all()
+    assert torch.equal(keys[2, :, 1:4], new[0])  # the rest of the slot untouched
+    # Copies between slots, shrinking, and the additive mask.
+    cache.valid[2, 1:4] = True
+    cache.copy(2, torch.tensor([1]), 1, 4)
+    assert torch.equal(cache.keys[0][1, :, 1:4], new[0]) and cache.valid[1].tolist() == [0, 1, 1, 1, 0, 0]
+    kept = cache.keys[0][2].clone()
+    cache.keep(torch.tensor([2, 1]))
+    assert cache.slots == 2 and torch.equal(cache.keys[0][0], kept) and cache.valid.shape == (2, 6)
+    mask = cache.mask(torch.tensor([True, False]))
+    assert mask[0] == 0 and mask[1] == torch.finfo(torch.float32).min
 
-    model, tokenizer = tiny
-    prompts = _encoded(tokenizer, questions["prompt"][:3])
-    with torch.inference_mode():
-        _, prefill, starts = _prefill(model, prompts, model.device)
-        cache = SlotCache(prefill, slots=4, capacity=max(map(len, prompts)) + 3)
-        for row, slot in enumerate((2, 0, 3)):
-            cache.fill(slot, prefill, row, starts[row])
-        for layer in range(len(prefill.layers)):
-            for row, slot in enumerate((2, 0, 3)):
-                length = len(prompts[row])
-                assert torch.equal(cache.keys[layer][slot, :, :length], prefill.layers[layer].keys[row, :, starts[row] :])
-                assert not cache.keys[layer][slot, :, length:].any()  # nothing beyond the prompt yet
-            assert not cache.values[layer][1].any()  # the slot no prompt took
-        reference = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([prompts[1]]), past_key_values=reference, use_cache=True)
-        assert torch.allclose(cache.keys[0][0, :, : len(prompts[1])], reference.layers[0].keys[0], atol=1e-5)
-        kept = [cache.keys[0][3].clone(), cache.values[0][0].clone()]
-        cache.keep(torch.tensor([3, 0]))
-        assert cache.slots == 2
-        assert torch.equal(cache.keys[0][0], kept[0]) and torch.equal(cache.values[0][1], kept[1])
+
+def test_slot_cache_width_follows_the_longest_live_sequence():
+    from r1lite.engine import SlotCache
+
+    cache = SlotCache(slots=2, capacity=200, device=torch.device("cpu"), dtype=torch.float32)
+    step = SlotCache.WIDTH_STEP
+    cache.aim(torch.tensor([[3], [150]]))
+    cache.update(torch.ones(2, 1, 1, 4), torch.ones(2, 1, 1, 4), 0)
+    assert cache.width == 3 * step and cache.keys[0].shape == (2, 1, 3 * step, 4)
+    cache.trim(step + 1)  # two steps free: room for one step beyond what is live
+    assert cache.width == 3 * step
+    cache.trim(10)
+    assert cache.width == 2 * step and cache.keys[0][0, 0, 3].eq(1).all() and cache.keys[0].is_contiguous()
+    cache.reserve(200)
+    assert cache.width == 200 and not cache.keys[0][:, :, 2 * step :].any()  # grown columns start empty
+    with pytest.raises(RuntimeError, match="201 columns asked of a cache of 200"):
+        cache.reserve(201)
 
 
 def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny, questions):

@@ -101,56 +101,111 @@ def _same_device(device: torch.device, **tensors: torch.Tensor) -> None:
 
 
 class SlotCache:
-    """A key/value cache of fixed shape: one slot of `capacity` positions per sequence, written in place.
+    """A key/value cache written in place: one slot per sequence, one column per token, at most `capacity` columns.
 
-    Each layer's keys and values live in one (slots, kv_heads, capacity, head_dim) tensor allocated once. A decoding
-    step writes every sequence's new key and value at that sequence's own position (`write_at`), and attention reads
-    the whole capacity with the positions not yet written masked out. Nothing is copied per token, where
-    `DynamicCache` concatenates and so copies the whole cache at every token; and a slot whose reply has ended takes
-    the next prompt's keys and values (`fill`) while the other slots go on decoding.
+    Each layer's keys and values live in one (slots, kv_heads, width, head_dim) tensor, allocated at the first write
+    (in whatever dtype the model computes). Before each forward, `aim` says where the new keys go: in a decoding
+    step one column per slot, each slot at its own column; in a prefill several columns of a few slots. Attention
+    reads all `width` columns, and the caller's mask hides every column not written for the sequence now in that
+    slot (`valid`). Nothing is copied per token, where `DynamicCache` concatenates and so copies the whole cache at
+    every token; a slot whose reply has ended takes the next prompt; a prefix common to every prompt is computed
+    once and stays in the first columns of every slot. The width follows the longest live sequence in steps of
+    `WIDTH_STEP` columns (`reserve`, `trim`), so attention does not read columns that no live sequence reaches.
 
     It answers the one call a decoder layer makes (`update`): the model is always given positions and a ready 4-D
     mask, so it never asks the cache for its length or mask sizes."""
 
-    def __init__(self, prefill: DynamicCache, slots: int, capacity: int):
-        first = prefill.layers[0].keys  # (B, kv_heads, T, head_dim): shapes, dtype and device as the model makes them
-        shape = (slots, first.shape[1], capacity, first.shape[3])
-        self.keys = [first.new_zeros(shape) for _ in prefill.layers]
-        self.values = [first.new_zeros(shape) for _ in prefill.layers]
-        self.slot_index = self.position = None
+    WIDTH_STEP = 64
+
+    def __init__(self, slots: int, capacity: int, device: torch.device, dtype: torch.dtype):
+        self.capacity = capacity
+        self.dtype = dtype  # of the masks: the model's activations
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.valid = torch.zeros(slots, 0, dtype=torch.bool, device=device)  # columns that hold a key
+        self._target: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int] | None = None
 
     @property
     def slots(self) -> int:
-        return self.keys[0].shape[0]
+        return self.valid.shape[0]
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.keys[0].dtype
+    def width(self) -> int:
+        return self.valid.shape[1]
 
-    def write_at(self, position: torch.Tensor) -> None:
-        """Where (slots,) each slot's next key and value go."""
-        self.slot_index = torch.arange(len(position), device=position.device)
-        self.position = position
+    def _resize(self, width: int) -> None:
+        def resized(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+            if width <= tensor.shape[dim]:
+                return tensor.narrow(dim, 0, width).contiguous()
+            extra = list(tensor.shape)
+            extra[dim] = width - tensor.shape[dim]
+            return torch.cat([tensor, tensor.new_zeros(extra)], dim=dim)
+
+        self.keys = [resized(keys, 2) for keys in self.keys]
+        self.values = [resized(values, 2) for values in self.values]
+        self.valid = resized(self.valid, 1)
+
+    def _rounded(self, columns: int) -> int:
+        return min(self.capacity, -(-columns // self.WIDTH_STEP) * self.WIDTH_STEP)
+
+    def reserve(self, columns: int) -> None:
+        """At least `columns` columns from here on."""
+        if columns > self.capacity:
+            raise RuntimeError(f"SlotCache: {columns} columns asked of a cache of {self.capacity}")
+        if columns > self.width:
+            self._resize(self._rounded(columns))
+
+    def trim(self, columns: int) -> None:
+        """No live sequence reaches past `columns`: drop the columns beyond, once two steps of width are free."""
+        if self._rounded(columns) + 2 * self.WIDTH_STEP <= self.width:
+            self._resize(self._rounded(columns) + self.WIDTH_STEP)
+
+    def aim(self, columns: torch.Tensor, slots: torch.Tensor | None = None) -> None:
+        """The next forward writes batch row i's new keys at `columns[i]` (a row of W columns) of slot `slots[i]`;
+        `slots=None`: every slot, in order, and attention then reads the cache itself (no copy)."""
+        end = int(columns.max()) + 1
+        self.reserve(end)
+        rows = torch.arange(self.slots, device=columns.device) if slots is None else slots
+        self._target = (rows[:, None], columns, slots, end)
 
     def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
-        # Indexed assignment, not scatter_: on a CPU scatter_ took 40x as long for the same write.
+        if layer_idx == len(self.keys):
+            shape = (self.slots, key_states.shape[1], self.width, key_states.shape[3])
+            self.keys.append(key_states.new_zeros(shape))
+            self.values.append(value_states.new_zeros(shape))
+        rows, columns, slots, end = self._target
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        keys[self.slot_index, :, self.position] = key_states[:, :, 0]
-        values[self.slot_index, :, self.position] = value_states[:, :, 0]
-        return keys, values
+        # Indexed assignment: on a CPU scatter_ took 40x as long for the same write.
+        keys[rows, :, columns] = key_states.transpose(1, 2)
+        values[rows, :, columns] = value_states.transpose(1, 2)
+        if slots is None:
+            return keys, values
+        return keys[slots, :, :end], values[slots, :, :end]
 
-    def fill(self, slot: int, prefill: DynamicCache, row: int, start: int) -> None:
-        """Slot `slot` takes row `row` of a left-padded prefill, from `start` (its first real token) on."""
-        length = prefill.layers[0].keys.shape[2] - start
-        for keys, values, layer in zip(self.keys, self.values, prefill.layers, strict=True):
-            keys[slot, :, :length] = layer.keys[row, :, start:]
-            values[slot, :, :length] = layer.values[row, :, start:]
+    def copy(self, source: int, targets: torch.Tensor, start: int, end: int) -> None:
+        """Columns start..end-1 of slot `source`, keys and validity, into each of `targets` (not `source` itself)."""
+        if len(targets) == 0:
+            return
+        for tensor in (*self.keys, *self.values):  # a clone: PyTorch refuses to write a tensor from a view of itself
+            tensor[targets, :, start:end] = tensor[source, :, start:end].clone()
+        self.valid[targets, start:end] = self.valid[source, start:end].clone()
 
     def keep(self, slots: torch.Tensor) -> None:
         """Only `slots` remain, renumbered from 0 in that order (one copy of what they hold)."""
         self.keys = [keys[slots] for keys in self.keys]
         self.values = [values[slots] for values in self.values]
+        self.valid = self.valid[slots]
 
+    def mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """The additive mask: 0 where `allowed`, the dtype's minimum elsewhere."""
+        blocked = torch.full(allowed.shape, torch.finfo(self.dtype).min, dtype=self.dtype, device=allowed.device)
+        return blocked.masked_fill_(allowed, 0)
+
+
+# Once decoding, prompts wait until an eighth of the slots are free and enter together. On the embedded model a
+# prefill cost ~100 ms plus ~1 ms per token: one prompt at a time, a third of `r1lite eval`'s time went to prefills
+# of ~70 tokens (200 GSM8K questions, 32 slots); waiting costs the idle slots' share of each decoding step.
+REFILL_FRACTION = 8
 
 # Attention implementations that take a ready 4-D additive mask. A model set to another one (flash attention)
 # decodes with SDPA, the same attention computed another way.
@@ -170,19 +225,13 @@ def _masked_attention(model) -> Iterator[None]:
         model.set_attn_implementation(current)
 
 
-def _prefill(model, prompts: list[list[int]], device: torch.device):
-    """Logits (B, V) for the next token of each prompt, the cache of the left-padded batch, and where each row's
-    prompt starts in it."""
-    width = max(len(p) for p in prompts)
-    starts = [width - len(p) for p in prompts]
-    ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
-    for row, (prompt, start) in enumerate(zip(prompts, starts, strict=True)):
-        ids[row, start:] = torch.tensor(prompt, dtype=torch.long, device=device)
-        mask[row, start:] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding shifts positions
-    cache = DynamicCache(config=model.config)
-    return _forward(model, ids, mask, positions, cache), cache, starts
+def _common_prefix(prompts: Sequence[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each at least one of its own (the one its first reply token follows)."""
+    shortest = min(prompts, key=len)
+    length = 0
+    while length < len(shortest) - 1 and all(p[length] == shortest[length] for p in prompts):
+        length += 1
+    return length
 
 
 def decode(
@@ -202,10 +251,11 @@ def decode(
     to prompt p is row p * num_generations + g. `on_token(row, token)` is called for each token as soon as it is
     picked, and `on_prompt_done(p)` once every reply to prompt p has ended.
 
-    Continuous batching over `slots` sequences: prompts enter in the order given as soon as there are slots for all
-    their replies, and a reply leaves the moment it ends (where `generate` keeps every row until the longest reply
-    is done), its slot going to the next prompt. Once no prompt is waiting and half the slots are idle, the cache
-    shrinks to the live ones, so the last replies do not pay for empty slots.
+    Continuous batching over `slots` sequences (a `SlotCache`): prompts enter in the order given as soon as there
+    are slots for all their replies, and a reply leaves the moment it ends (where `generate` keeps every row until
+    the longest reply is done), its slot going to the next prompt. The prefix all prompts share (a system prompt)
+    is computed once; each prompt computes only the rest, once for all its replies. Once no prompt is waiting and
+    half the slots are idle, the cache shrinks to the live ones, so the last replies do not pay for empty slots.
     """
     n = num_generations
     if slots < n:
@@ -214,31 +264,49 @@ def decode(
     out: list[list[int]] = [[] for _ in range(len(prompts) * n)]
     if not prompts:
         return out
-    capacity = max(len(p) for p in prompts) + max_completion_length
-    span = torch.arange(capacity, device=device)
+    shared = _common_prefix(prompts)
+    # The activations' dtype: that of the input embeddings, which 4-bit loading leaves unquantised.
+    dtype = model.get_input_embeddings().weight.dtype
+    cache = SlotCache(slots, max(len(p) for p in prompts) + max_completion_length, device, dtype)
+    columns = torch.arange(cache.capacity, device=device)
+    if shared:  # computed in slot 0, copied to every slot, and never overwritten
+        ids = torch.tensor([prompts[0][:shared]], device=device)
+        cache.aim(columns[None, :shared], slots=torch.zeros(1, dtype=torch.long, device=device))
+        allowed = columns[None, :shared] <= columns[:shared, None]  # causal
+        _forward(model, ids, cache.mask(allowed[None, None]), columns[None, :shared], cache)
+        cache.valid[0, :shared] = True
+        cache.copy(0, torch.arange(1, slots, device=device), 0, shared)
+
     eos_tensor = torch.tensor(eos, device=device)
     rows = torch.full((slots,), -1, dtype=torch.long, device=device)  # the reply each slot decodes; -1: idle
-    position = torch.zeros(slots, dtype=torch.long, device=device)  # where each slot's next token goes
+    # Where each slot's next key goes in its slot. An idle slot still writes one (nothing reads it): the first
+    # column after the shared prefix, which a prompt entering the slot later relies on.
+    column = torch.full((slots,), shared, dtype=torch.long, device=device)
+    position = torch.zeros(slots, dtype=torch.long, device=device)  # the next token's position in its sequence
     made = torch.zeros(slots, dtype=torch.long, device=device)  # tokens each slot's reply has so far
     token = torch.zeros(slots, dtype=torch.long, device=device)  # the token each slot feeds next
+    logits: torch.Tensor | None = None  # (slots, V): what each live slot picks its next token from
     replies_left = [n] * len(prompts)
     waiting = 0  # the next prompt to enter
-    cache: SlotCache | None = None
-    logits: torch.Tensor | None = None  # (slots, V): what each live slot picks its next token from
+    refill = max(1, slots // n // REFILL_FRACTION)  # prompts that enter together, once the slots are full
     while True:
-        idle = (rows < 0).nonzero().squeeze(1).tolist()
+        idle = (rows < 0).nonzero().squeeze(1)
         enter = min(len(idle) // n, len(prompts) - waiting)
-        if enter:
-            entering = range(waiting, waiting + enter)
-            fresh, prefill, starts = _prefill(model, [prompts[p] for p in entering], device)
-            if cache is None:
-                cache = SlotCache(prefill, slots, capacity)
+        # Prompts enter a few at a time: a prefill has a fixed cost, which one prompt alone pays in full.
+        if enter and (enter >= refill or enter == len(prompts) - waiting or len(idle) == cache.slots):
+            groups = idle[: enter * n].view(enter, n)  # the slots of each entering prompt's replies
+            rests = [prompts[p][shared:] for p in range(waiting, waiting + enter)]
+            fresh = _enter(model, cache, groups[:, 0], rests, shared, columns)
+            width = max(map(len, rests))
+            for i, group in enumerate(groups):
+                if n > 1:
+                    cache.copy(int(group[0]), group[1:], shared, shared + width)
+                p = waiting + i
+                rows[group] = p * n + torch.arange(n, device=device)
+                column[group], position[group], made[group] = shared + width, len(prompts[p]), 0
+            if logits is None:
                 logits = fresh.new_empty(slots, fresh.shape[-1])
-            for i, p in enumerate(entering):
-                for g in range(n):
-                    slot = idle[i * n + g]
-                    cache.fill(slot, prefill, i, starts[i])
-                    rows[slot], position[slot], made[slot], logits[slot] = p * n + g, len(prompts[p]), 0, fresh[i]
+            logits[groups.reshape(-1)] = fresh.repeat_interleave(n, dim=0)
             waiting += enter
         live = (rows >= 0).nonzero().squeeze(1)
         picked = _pick(logits[live], temperature, top_p)
@@ -253,7 +321,7 @@ def decode(
             replies_left[row // n] -= 1
             if replies_left[row // n] == 0 and on_prompt_done is not None:
                 on_prompt_done(row // n)
-        rows[live[ended]], position[live[ended]] = -1, 0
+        rows[live[ended]], column[live[ended]] = -1, shared
         token[live] = picked
         going = live[~ended]
         if waiting == len(prompts):
@@ -262,16 +330,45 @@ def decode(
             if len(going) <= cache.slots // 2:  # nothing left to enter: shrink to the live slots
                 _same_device(device, going=going, rows=rows)
                 cache.keep(going)
-                rows, position, made, token, logits = (t[going] for t in (rows, position, made, token, logits))
+                rows, column, position, made, token, logits = (
+                    t[going] for t in (rows, column, position, made, token, logits)
+                )
                 going = torch.arange(len(going), device=device)
         if len(going) == 0:
             continue  # every live reply ended: prompts enter the freed slots before anything is decoded
-        # One token for every slot; idle slots write at position 0 of their own slot, which the next prompt overwrites.
-        cache.write_at(position)
-        mask = torch.zeros(cache.slots, 1, 1, capacity, dtype=cache.dtype, device=device)
-        mask.masked_fill_(span > position[:, None, None, None], torch.finfo(cache.dtype).min)
-        logits = _forward(model, token[:, None], mask, position[:, None], cache)
+        # One token for every slot; an idle slot attends to its own write alone (no row of the mask is empty).
+        cache.trim(int(column.max()) + 1)
+        cache.aim(column[:, None])
+        cache.valid[going, column[going]] = True
+        allowed = cache.valid | (columns[None, : cache.width] == column[:, None])
+        logits = _forward(model, token[:, None], cache.mask(allowed[:, None, None, :]), position[:, None], cache)
+        column[going] += 1
         position[going] += 1
+
+
+def _enter(model, cache: SlotCache, slots: torch.Tensor, rests: list[list[int]], shared: int, columns) -> torch.Tensor:
+    """Prefill each prompt's own tokens (after the shared prefix) into its slot: left-padded to one width W, at
+    columns shared..shared+W-1, so that every prompt's last token is in the last column and its reply starts right
+    after. The logits (len(rests), V) its first reply token is picked from."""
+    device = slots.device
+    width = max(map(len, rests))
+    pad = torch.tensor([width - len(r) for r in rests], device=device)
+    ids = torch.zeros(len(rests), width, dtype=torch.long, device=device)
+    for i, rest in enumerate(rests):
+        ids[i, width - len(rest) :] = torch.tensor(rest, dtype=torch.long, device=device)
+    steps = columns[None, :width]  # (1, W)
+    positions = shared + (steps - pad[:, None]).clamp(min=0)
+    mine = columns[shared : shared + width]  # the columns this prefill writes
+    cache.aim(mine[None, :].expand(len(rests), -1), slots=slots)
+    cache.valid[slots, shared:] = False  # what the slot's previous sequence wrote
+    cache.valid[slots, shared : shared + width] = steps >= pad[:, None]
+    # Query j (column shared+j) sees the valid columns up to its own, and always itself (a padding query too, so
+    # that no row of the mask is empty).
+    seen = columns[: shared + width]
+    allowed = (cache.valid[slots, None, : shared + width] & (seen[None, None, :] <= mine[None, :, None])) | (
+        seen[None, None, :] == mine[None, :, None]
+    )
+    return _forward(model, ids, cache.mask(allowed[:, None]), positions, cache)
 
 
 def auto_batch_size(model, max_tokens: int) -> int:
