@@ -141,3 +141,31 @@ def test_ctrl_c_outside_training_is_one_line_and_exit_130(monkeypatch, capsys):
     assert main(["report", "somewhere"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "r1lite report: interrupted" and "Traceback" not in err
+
+
+def test_freed_memory_stays_in_the_process_unless_the_environment_says_otherwise(monkeypatch):
+    import ctypes
+    import platform
+
+    from r1lite import cli
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, option, value):
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    cli._reuse_freed_memory()
+    assert calls == [(-3, 32 * 1024 * 1024), (-1, 1 << 30)]
+    calls.clear()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    cli._reuse_freed_memory()
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))  # musl and others: left alone
+    cli._reuse_freed_memory()
+    assert calls == []

@@ -205,7 +205,9 @@ def test_batched_generation_equals_one_at_a_time(tiny, questions):
 
 
 def _encoded(tokenizer, prompts) -> list[list[int]]:
-    return [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts]
+    return [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts
+    ]
 
 
 def test_decode_refills_slots_and_matches_generate(tiny, questions):

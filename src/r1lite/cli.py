@@ -26,6 +26,26 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _reuse_freed_memory() -> None:
+    """Keep freed blocks in the process instead of giving each back to the OS at once.
+
+    By default glibc maps every block over a few MB afresh and unmaps it when freed, so a loop that makes tensors
+    of the same sizes at every step page-faults them in again each time: 2.3 million page faults in `r1lite eval` on
+    100 GSM8K questions. Raising the mmap threshold to its maximum (32 MB) and not trimming the heap took the same
+    eval from 52 s to 48 s on the 2-core CPU, peak memory within 3%. Only on glibc, and not where the
+    MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ environment variables already say otherwise."""
+    import ctypes
+    import os
+    import platform
+
+    if platform.libc_ver()[0] != "glibc" or {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 def cmd_train(argv: list[str]) -> int:
     from r1lite.config import RunConfig, parse_config
     from r1lite.train import train
@@ -127,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"r1lite: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
     _setup_logging()
+    _reuse_freed_memory()
     from r1lite.errors import R1liteError
 
     try:

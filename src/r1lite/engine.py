@@ -2,11 +2,12 @@
 
 Continuous batching (`decode`): a fixed number of sequences decode together, each in its own slot of a
 cache written in place (`SlotCache`, no copy per token); a reply leaves as soon as it ends and the next
-prompt takes its slot, longest prompts first. Each prompt is encoded and prefilled once however many
-replies it gets. Every tensor the loop makes lives on the model's device. A lone reply can be streamed: `generate_replies(..., streamer=...)`
-feeds a transformers streamer (`TextStreamer`, `TextIteratorStreamer` or a subclass) the way `model.generate`
-does, from this same loop, so a streamed reply is token for token the reply the call returns. Where vLLM is
-installed and a GPU present, `vllm_generate_replies` gives the same replies from vLLM (`pick_backend` chooses).
+prompts take the freed slots, longest prompts first. The system prompt every prompt starts with is
+prefilled once, and each prompt once however many replies it gets. Every tensor the loop makes lives on
+the model's device. A lone reply can be streamed: `generate_replies(..., streamer=...)` feeds a transformers
+streamer (`TextStreamer`, `TextIteratorStreamer` or a subclass) the way `model.generate` does, from this same
+loop, so a streamed reply is token for token the reply the call returns. Where vLLM is installed and a GPU
+present, `vllm_generate_replies` gives the same replies from vLLM (`pick_backend` chooses).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 from transformers.generation.logits_process import TopPLogitsWarper
 
 from r1lite.errors import EvalError
