@@ -26,10 +26,9 @@ from r1lite.errors import EvalError
 
 logger = logging.getLogger(__name__)
 
-# Sequences generated together on a CPU. 32 keeps `r1lite eval --baseline` on 64 GSM8K questions (256 new tokens) at a
-# peak of 3.56 GB resident against 5.25 GB at 64, in the same time (132 s vs 128 s; the KV cache of a batch is most
-# of the memory). On 200 questions 64 was 8% faster: 1.49 q/s against 1.38 (benchmarks/eval_throughput.py). On a GPU
-# the batch is sized to the free memory (`auto_batch_size`).
+# Sequences decoding together on a CPU (the slots of `decode`). On 200 GSM8K questions (256 new tokens) 32 slots ran
+# 2.15 q/s and 64 slots 2.04 q/s: the weight matmuls are compute-bound at 32 rows on two cores, and the larger
+# prefills of 64 slots pad more. On a GPU the slots are sized to the free memory (`auto_batch_size`).
 CPU_BATCH_SIZE = 32
 MAX_GPU_BATCH_SIZE = 512
 
@@ -372,8 +371,8 @@ def _enter(model, cache: SlotCache, slots: torch.Tensor, rests: list[list[int]],
 
 
 def auto_batch_size(model, max_tokens: int) -> int:
-    """Sequences per batch: 64 on a CPU; on a GPU, as many as half the free memory holds in KV cache at `max_tokens`
-    tokens each (the other half for weights' activations and logits), at most 512."""
+    """Sequences decoding together: CPU_BATCH_SIZE on a CPU; on a GPU, as many as half the free memory holds in KV
+    cache at `max_tokens` tokens each (the other half for weights' activations and logits), at most 512."""
     if model.device.type != "cuda":
         return CPU_BATCH_SIZE
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
