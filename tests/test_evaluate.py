@@ -13,7 +13,7 @@ from r1lite.attention import GROUPED_ATTENTION
 from r1lite.callbacks import PeriodicEval
 from r1lite.cli import main
 from r1lite.config import ModelArgs
-from r1lite.engine import decode, generate_replies
+from r1lite.engine import _encode, decode, generate_replies
 from r1lite.errors import EvalError
 from r1lite.eval_metrics import (
     majority_vote,
@@ -205,9 +205,7 @@ def test_batched_generation_equals_one_at_a_time(tiny, questions):
 
 
 def _encoded(tokenizer, prompts) -> list[list[int]]:
-    return [
-        tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts
-    ]
+    return [_encode(tokenizer, p) for p in prompts]
 
 
 def test_decode_refills_slots_and_matches_generate(tiny, questions):

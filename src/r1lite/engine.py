@@ -161,8 +161,11 @@ class SlotCache:
 
     def aim(self, columns: torch.Tensor, slots: torch.Tensor | None = None) -> None:
         """The next forward writes batch row i's new keys at `columns[i]` (a row of W columns) of slot `slots[i]`;
-        `slots=None`: every slot, in order, and attention then reads the cache itself (no copy)."""
+        `slots=None`: every slot, in order, and attention then reads the cache itself (no copy). A write to every
+        slot is where each sequence ends, so the width is trimmed to the furthest of them first."""
         end = int(columns.max()) + 1
+        if slots is None:
+            self.trim(end)
         self.reserve(end)
         rows = torch.arange(self.slots, device=columns.device) if slots is None else slots
         self._target = (rows[:, None], columns, slots, end)
@@ -336,7 +339,6 @@ def decode(
         if len(going) == 0:
             continue  # every live reply ended: prompts enter the freed slots before anything is decoded
         # One token for every slot; an idle slot attends to its own write alone (no row of the mask is empty).
-        cache.trim(int(column.max()) + 1)
         cache.aim(column[:, None])
         cache.valid[going, column[going]] = True
         allowed = cache.valid | (columns[None, : cache.width] == column[:, None])
