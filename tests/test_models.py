@@ -150,3 +150,23 @@ def test_merged_copy_and_for_generation(tiny_model_dir):
         merged = for_generation(peft_model)  # in place: the PEFT wrapper is gone
         assert not hasattr(merged, "peft_config")
         torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_frozen_head_scores_the_last_position_without_broadcasting_its_weight(tiny_model_dir):
+    """Generation scores the last position, a strided slice of the hidden states. With a frozen head (an adapter
+    attached or merged) torch.matmul would broadcast the head's weight over the batch and run a bmm; r1lite's
+    loader hands the head contiguous input, so it stays one mm, with the same logits."""
+    model, _ = load_model(str(tiny_model_dir), "fp32", device="cpu")
+    model.requires_grad_(False)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, 1000, (3, 7))
+    with torch.no_grad(), torch.profiler.profile(record_shapes=True) as prof:
+        last = model(input_ids=ids, logits_to_keep=1).logits
+    head_products = [
+        event.name
+        for event in prof.events()
+        if event.name in ("aten::mm", "aten::bmm") and any(vocab in shape for shape in event.input_shapes if shape)
+    ]
+    assert head_products == ["aten::mm"]
+    with torch.no_grad():
+        torch.testing.assert_close(last, model(input_ids=ids).logits[:, -1:])
