@@ -14,7 +14,8 @@ Configurations: ``r1lite`` is `r1lite train` itself (its defaults on this machin
 on plain TRL: fp32, gradient checkpointing, TRL's generate with the adapter unmerged. ``recipe+<lever>+...``
 adds levers to it: bf16, merged (generate from a merged copy with r1lite's grouped attention), lm-head
 (log-probabilities of the completion tokens only, r1lite.cpu_fast_path.CPULogProbs), sampling (inverse-CDF draws),
-attention (the grouped attention in the loss passes too), no-gc, static-cache, paged
+attention (the grouped attention in the loss passes too), slot-decoding (the merged copy samples through
+r1lite.engine's decoding loop; with merged only), no-gc, static-cache, paged
 (TRL's use_transformers_continuous_batching), 1-thread. The first configuration is the baseline of the ratios;
 by default the recipe on plain TRL in fp32, then in bf16 (what a TRL user on a bf16-capable CPU would run), then r1lite.
 
@@ -84,6 +85,7 @@ LEVERS = {
     "lm-head": {"fast_path_parts": ("cpu_lm_head",)},
     "sampling": {"fast_path_parts": ("fast_sampling",)},
     "attention": {"fast_path_parts": ("grouped_attention",)},
+    "slot-decoding": {"fast_path_parts": ("slot_decoding",)},
     "no-gc": {"gradient_checkpointing": False},
     "static-cache": {"cache_implementation": "static"},
     "paged": {"use_transformers_continuous_batching": True},

@@ -157,6 +157,8 @@ def test_every_part_of_the_fast_path_engaged(fast_run):
     assert 2 <= fast_run.sampler.calls <= 2 * 8 and torch.multinomial.__module__ == "torch"
     # CPU log-probs: the reference pass and the loss forward of each of the 2 steps.
     assert fast_run.log_probs.calls >= 4
+    # slot decoding: the engine drew each step's completions.
+    assert fast_run.slot_decodes == 2
     # grouped attention, in sampling and in the loss passes.
     assert fast_run.test_calls["grouped_attention"] > 0
     assert fast_run.model.config._attn_implementation == GROUPED_ATTENTION
@@ -174,6 +176,7 @@ def test_no_part_engages_when_left_out(tmp_path, tiny_model_dir, gsm8k_rows):
     )
     trainer.train()
     assert trainer.merged_model is None and trainer.sampler.calls == 0 and trainer.log_probs.calls == 0
+    assert trainer.slot_decodes == 0
     assert trainer.model.config._attn_implementation != GROUPED_ATTENTION
     with pytest.raises(ValueError, match="unknown fast-path parts"):
         CPUFastGRPOTrainer(
@@ -183,6 +186,46 @@ def test_no_part_engages_when_left_out(tmp_path, tiny_model_dir, gsm8k_rows):
             train_dataset=dataset,
             parts=("warp_drive",),
         )
+
+
+def _sampler(tmp_path, tiny_model_dir, gsm8k_rows, parts, **overrides):
+    dataset, _ = prepare(gsm8k_rows[:8])
+    return CPUFastGRPOTrainer(
+        model=str(tiny_model_dir),
+        reward_funcs=[length_reward],
+        args=_grpo_args(tmp_path, **overrides),
+        train_dataset=dataset,
+        peft_config=lora_config(4, 8, 0.0, TARGETS),
+        parts=parts,
+    )
+
+
+def _draw(trainer, prompt_ids):
+    torch.manual_seed(3)
+    return trainer._generate_single_turn(prompt_ids, None, {}, 4)
+
+
+def test_slot_decoding_draws_what_trls_generate_draws(tmp_path, tiny_model_dir, gsm8k_rows):
+    """Same weights, seed and settings (temperature, top-p): the engine's completions are TRL's, token for token.
+    The tiny random model never ends a completion early, so both loops draw the same random numbers."""
+    prompt_ids = [[5, 17, 230, 9]] * 4 + [[5, 17, 41]] * 4  # two prompts, 4 completions each, as TRL lays them out
+    settings = {"max_completion_length": 6, "temperature": 0.7, "top_p": 0.9}
+    everything = _sampler(tmp_path / "engine", tiny_model_dir, gsm8k_rows, FAST_PATH_PARTS, **settings)
+    without = tuple(part for part in FAST_PATH_PARTS if part != "slot_decoding")
+    trl_generate = _sampler(tmp_path / "trl", tiny_model_dir, gsm8k_rows, without, **settings)
+    drawn, logprobs = _draw(everything, prompt_ids)
+    assert everything.slot_decodes == 1 and logprobs is None
+    expected, _ = _draw(trl_generate, prompt_ids)
+    assert trl_generate.slot_decodes == 0
+    assert drawn == expected
+    assert all(len(completion) == 6 for completion in drawn)
+    assert len({tuple(c) for c in drawn[:4]}) > 1  # sampled, not four copies of one completion
+
+
+def test_slot_decoding_leaves_other_sampling_settings_to_trl(tmp_path, tiny_model_dir, gsm8k_rows):
+    trainer = _sampler(tmp_path, tiny_model_dir, gsm8k_rows, FAST_PATH_PARTS, top_k=5, max_completion_length=4)
+    completions, _ = _draw(trainer, [[5, 17, 230, 9]] * 4)
+    assert trainer.slot_decodes == 0 and len(completions) == 4
 
 
 def _train_argv(tiny_model_dir, gsm8k_dir, out, *extra):

@@ -1,6 +1,6 @@
 """The trainer r1lite uses on a CPU: the same GRPO loss and sampling distribution as TRL's, in far less time.
 
-``CPUFastGRPOTrainer`` (a TimedGRPOTrainer, so it logs time/<phase>) turns on four parts, each measured on
+``CPUFastGRPOTrainer`` (a TimedGRPOTrainer, so it logs time/<phase>) turns on five parts, each measured on
 its own in docs/speed.md:
 
 - ``merged_generation``: completions are sampled from a copy of the model with the LoRA adapter merged into
@@ -10,7 +10,12 @@ its own in docs/speed.md:
 - ``fast_sampling``: tokens are drawn by inverse CDF instead of PyTorch's CPU multinomial;
 - ``cpu_lm_head``: the completions' log-probabilities come from ``CPULogProbs`` instead of TRL's fused LM
   head, which on a CPU scores every position;
-- ``grouped_attention``: r1lite.attention's grouped formula, in sampling and in the loss.
+- ``grouped_attention``: r1lite.attention's grouped formula, in sampling and in the loss;
+- ``slot_decoding``: the merged copy samples through r1lite.engine's decoding loop (the one eval uses) instead
+  of ``generate``: keys written in place rather than concatenated per token, the prompt prefilled once for
+  all its completions, and finished completions leaving the batch. Same distribution (temperature, then
+  top-p); where TRL is set to sample with anything else (top-k, min-p, a repetition penalty, extra generation
+  kwargs, a cache implementation), TRL's ``generate`` samples.
 
 On a GPU, or with ``cpu_fast_path: false``, r1lite trains with TRL's own GRPOTrainer instead.
 """
@@ -24,6 +29,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from r1lite.attention import use_grouped_attention
+from r1lite.engine import decode, masked_attention
 from r1lite.models import lora_layers, merged_copy, refresh_merged
 from r1lite.timing import TimedGRPOTrainer
 from r1lite.trl_compat import cpu_lm_head, trl_log_probs_function
@@ -37,7 +43,7 @@ logger = logging.getLogger(__name__)
 # only the ~1,500 scored positions, in chunks, with torch's own logsumexp took 0.9 s for the same values.
 CPU_LM_HEAD_TOKENS = 512  # positions per chunk: 512 x 49,152 fp32 logits is 100 MB, kept for the backward
 
-FAST_PATH_PARTS = ("merged_generation", "fast_sampling", "cpu_lm_head", "grouped_attention")
+FAST_PATH_PARTS = ("merged_generation", "fast_sampling", "cpu_lm_head", "grouped_attention", "slot_decoding")
 
 
 class CPULogProbs:
@@ -136,6 +142,7 @@ class CPUFastGRPOTrainer(TimedGRPOTrainer):
         self.merged_at_step = -1
         self.merge_refreshes = 0
         self.sampler = InverseCDFSampler(torch.multinomial)
+        self.slot_decodes = 0  # how many batches the engine sampled: tests check that it engaged
         self.log_probs = CPULogProbs(trl_log_probs_function(), self.entropy_bonus_enabled)
 
     def generation_context(self):
@@ -164,3 +171,46 @@ class CPUFastGRPOTrainer(TimedGRPOTrainer):
             self.merged_at_step = self.state.global_step
             self.merge_refreshes += 1
         return self.merged_model
+
+    def _engine_samples_alike(self) -> bool:
+        """Whether TRL's sampling settings are all r1lite.engine applies: temperature and top-p."""
+        args = self.args
+        return (
+            self.temperature > 0
+            and not self.top_k
+            and not self.min_p
+            and self.repetition_penalty in (None, 1.0)
+            and not args.generation_kwargs
+            and args.cache_implementation is None
+            and not getattr(self, "use_transformers_continuous_batching", False)
+        )
+
+    def sample(self, model, prompt_ids):
+        """The merged copy's completions from r1lite.engine.decode (``slot_decoding``); None otherwise."""
+        if "slot_decoding" not in self.parts or model is None or not self._engine_samples_alike():
+            return None
+        # TRL's sampler repeats each prompt for its completions, consecutively: prefill each once.
+        n = _run_length(prompt_ids)
+        self.slot_decodes += 1
+        with torch.no_grad(), masked_attention(model):
+            return decode(
+                model,
+                prompt_ids[::n],
+                num_generations=n,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                max_completion_length=self.max_completion_length,
+                eos=list(self.eos_token_ids),
+                slots=len(prompt_ids),
+            )
+
+
+def _run_length(items: list) -> int:
+    """The length r of the runs `items` is made of (items[i] == items[i - i % r] for every i), the longest such; 1
+    where the runs differ in length."""
+    run = 1
+    while run < len(items) and items[run] == items[0]:
+        run += 1
+    if len(items) % run or any(items[i] != items[i - i % run] for i in range(len(items))):
+        return 1
+    return run

@@ -215,7 +215,7 @@ MASKED_ATTENTION = ("eager", "sdpa", "r1lite_grouped")
 
 
 @contextmanager
-def _masked_attention(model) -> Iterator[None]:
+def masked_attention(model) -> Iterator[None]:
     current = model.config._attn_implementation
     if current in MASKED_ATTENTION:
         yield
@@ -422,7 +422,7 @@ def generate_replies(
     with (
         torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []),
         torch.inference_mode(),
-        _masked_attention(model),
+        masked_attention(model),
     ):
         torch.manual_seed(seed)
         generated = decode(

@@ -53,7 +53,8 @@ class HookedGRPOTrainer(GRPOTrainer):
     - ``logprobs_context()``: the no-grad log-probability passes (old policy, reference);
     - ``rollout_context()``: a whole rollout (generation, rewards, log-probs, advantages);
     - ``training_step_context()``: one micro-step (rollout, loss forward and backward).
-    ``sampling_model()`` may return a model to sample from instead of the training model.
+    ``sampling_model()`` may return a model to sample from instead of the training model, and
+    ``sample(model, prompt_ids)`` may draw the completions itself (None: TRL's ``generate`` draws them).
     """
 
     def __init__(self, *args, **kwargs):
@@ -79,6 +80,12 @@ class HookedGRPOTrainer(GRPOTrainer):
     def sampling_model(self) -> torch.nn.Module | None:
         return None
 
+    def sample(self, model: torch.nn.Module | None, prompt_ids: list[list[int]]) -> list[list[int]] | None:
+        """Completion token ids (up to and including EOS) for each of `prompt_ids`, drawn from `model` (the
+        `sampling_model()`, None where there is none) as TRL's sampling settings say; None to let TRL sample.
+        Called inside ``generation_context()`` for text-only prompts when not sampling with vLLM."""
+        return None
+
     # ---- what the hooks may read or write
     @property
     def entropy_bonus_enabled(self) -> bool:
@@ -89,11 +96,17 @@ class HookedGRPOTrainer(GRPOTrainer):
         self._metrics["train"][name].append(value)
 
     # ---- TRL's private steps, wrapped
-    def _generate_single_turn(self, *args, **kwargs):
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
         if self.use_vllm:
-            return super()._generate_single_turn(*args, **kwargs)
-        with self.generation_context(), self._sampling_from(self.sampling_model()):
-            return super()._generate_single_turn(*args, **kwargs)
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
+        with self.generation_context():
+            model = self.sampling_model()
+            if images is None and not multimodal_fields:
+                completions = self.sample(model, prompt_ids)
+                if completions is not None:
+                    return completions, None  # TRL's own generate returns no log-probabilities either
+            with self._sampling_from(model):
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
 
     def _calculate_rewards(self, *args, **kwargs):
         with self.rewards_context():
