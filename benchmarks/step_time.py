@@ -15,7 +15,8 @@ on plain TRL: fp32, gradient checkpointing, TRL's generate with the adapter unme
 adds levers to it: bf16, merged (generate from a merged copy with r1lite's grouped attention), lm-head
 (log-probabilities of the completion tokens only, r1lite.cpu_fast_path.CPULogProbs), sampling (inverse-CDF draws),
 attention (the grouped attention in the loss passes too), slot-decoding (the merged copy samples through
-r1lite.engine's decoding loop; with merged only), no-gc, static-cache, paged
+r1lite.engine's decoding loop; with merged only), head-fold (r1lite's loader hands the LM head contiguous
+input, models.fold_head_input; plain TRL loads with transformers alone), no-gc, static-cache, paged
 (TRL's use_transformers_continuous_batching), 1-thread. The first configuration is the baseline of the ratios;
 by default the recipe on plain TRL in fp32, then in bf16 (what a TRL user on a bf16-capable CPU would run), then r1lite.
 
@@ -86,6 +87,7 @@ LEVERS = {
     "sampling": {"fast_path_parts": ("fast_sampling",)},
     "attention": {"fast_path_parts": ("grouped_attention",)},
     "slot-decoding": {"fast_path_parts": ("slot_decoding",)},
+    "head-fold": {"head_fold": True},
     "no-gc": {"gradient_checkpointing": False},
     "static-cache": {"cache_implementation": "static"},
     "paged": {"use_transformers_continuous_batching": True},
@@ -116,7 +118,7 @@ def _recipe_options(name: str) -> dict:
     head, *levers = name.split("+")
     if head != "recipe" or any(lever not in LEVERS for lever in levers):
         raise SystemExit(f"unknown configuration {name!r}: r1lite, recipe or recipe+<{'|'.join(LEVERS)}>...")
-    options = {"precision": "fp32", "fast_path_parts": (), "gradient_checkpointing": True}
+    options = {"precision": "fp32", "fast_path_parts": (), "gradient_checkpointing": True, "head_fold": False}
     for lever in levers:
         parts = options["fast_path_parts"] + LEVERS[lever].get("fast_path_parts", ())
         options.update(LEVERS[lever], fast_path_parts=parts)
@@ -126,11 +128,12 @@ def _recipe_options(name: str) -> dict:
 def run_recipe(name: str, args: argparse.Namespace, out_dir: Path) -> list[dict]:
     """The recipe on plain TRL (plus any levers); returns the logged records, one per step."""
     import torch
+    from transformers import AutoModelForCausalLM
     from trl import GRPOConfig
 
     from r1lite.cpu_fast_path import CPUFastGRPOTrainer
     from r1lite.data import load_prepared
-    from r1lite.models import load_model, lora_config
+    from r1lite.models import fold_head_input, load_tokenizer, lora_config, resolve_dtype, resolve_model_path
     from r1lite.prompts import SYSTEM_PROMPT
     from r1lite.rewards import build_reward_funcs
 
@@ -141,7 +144,12 @@ def run_recipe(name: str, args: argparse.Namespace, out_dir: Path) -> list[dict]
 
     parts = options.pop("fast_path_parts")  # () for plain TRL: CPUFastGRPOTrainer then only times the phases
 
-    model, tokenizer = load_model(MODEL, precision, device="cpu")
+    # Loaded as a TRL user loads it: transformers alone, without what r1lite's loader adds (levers add it back).
+    path = resolve_model_path(MODEL)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(precision, "cpu"))
+    tokenizer = load_tokenizer(path)
+    if options.pop("head_fold"):
+        fold_head_input(model)
     dataset = load_prepared(str(args.dataset), "train", SYSTEM_PROMPT, args.few_shot, ROWS, tokenizer, 256, SEED)
     config = GRPOConfig(
         output_dir=str(out_dir),
