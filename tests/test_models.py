@@ -152,21 +152,36 @@ def test_merged_copy_and_for_generation(tiny_model_dir):
         torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_frozen_head_scores_the_last_position_without_broadcasting_its_weight(tiny_model_dir):
-    """Generation scores the last position, a strided slice of the hidden states. With a frozen head (an adapter
-    attached or merged) torch.matmul would broadcast the head's weight over the batch and run a bmm; r1lite's
-    loader hands the head contiguous input, so it stays one mm, with the same logits."""
-    model, _ = load_model(str(tiny_model_dir), "fp32", device="cpu")
-    model.requires_grad_(False)
+def _head_products(model, ids) -> list[str]:
+    """The matrix products that took the LM head's weight while `model` scored the last position of `ids`."""
     vocab = model.config.vocab_size
-    ids = torch.randint(0, 1000, (3, 7))
     with torch.no_grad(), torch.profiler.profile(record_shapes=True) as prof:
-        last = model(input_ids=ids, logits_to_keep=1).logits
-    head_products = [
+        model(input_ids=ids, logits_to_keep=1)
+    return [
         event.name
         for event in prof.events()
         if event.name in ("aten::mm", "aten::bmm") and any(vocab in shape for shape in event.input_shapes if shape)
     ]
-    assert head_products == ["aten::mm"]
+
+
+def test_frozen_head_scores_the_last_position_without_broadcasting_its_weight(tiny_model_dir):
+    """Generation scores the last position, a strided slice of the hidden states. With a frozen head (an adapter
+    attached or merged) torch.matmul would broadcast the head's weight over the batch and run a bmm; r1lite's
+    loader, and the trainer's merged sampling copy of a model loaded elsewhere, hand the head contiguous input,
+    so it stays one mm, with the same logits."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from r1lite.models import lora_config, merged_copy
+
+    ids = torch.randint(0, 1000, (3, 7))
+    model, _ = load_model(str(tiny_model_dir), "fp32", device="cpu")
+    model.requires_grad_(False)
+    assert _head_products(model, ids) == ["aten::mm"]
     with torch.no_grad():
-        torch.testing.assert_close(last, model(input_ids=ids).logits[:, -1:])
+        torch.testing.assert_close(model(input_ids=ids, logits_to_keep=1).logits, model(input_ids=ids).logits[:, -1:])
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # as TRL loads a model given by name
+    peft_model = get_peft_model(plain, lora_config(2, 4, 0.0, ["q_proj"]))
+    assert _head_products(peft_model, ids) == ["aten::bmm"]  # what the fix is for
+    assert _head_products(merged_copy(peft_model), ids) == ["aten::mm"]

@@ -366,6 +366,7 @@ def merged_copy(model: PeftModel) -> PreTrainedModel:
             "generate from the PEFT model itself"
         )
     merged = for_generation(copy.deepcopy(model))
+    fold_head_input(merged)  # a model TRL loaded itself has not been through load_model
     # GRPOTrainer replaces the model's forward (its fused LM head) by a closure over the original model: a deep
     # copy keeps that closure, and would keep running the training model. Generation needs the class's forward.
     vars(merged).pop("forward", None)
