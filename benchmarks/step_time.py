@@ -15,7 +15,8 @@ on plain TRL: fp32, gradient checkpointing, TRL's generate with the adapter unme
 adds levers to it: bf16, merged (generate from a merged copy with r1lite's grouped attention), lm-head
 (log-probabilities of the completion tokens only, r1lite.cpu_fast_path.CPULogProbs), sampling (inverse-CDF draws),
 attention (the grouped attention in the loss passes too), slot-decoding (the merged copy samples through
-r1lite.engine's decoding loop; with merged only), head-fold (r1lite's loader hands the LM head contiguous
+r1lite.engine's decoding loop; with merged only), shared-prompt (each prompt run once for its completions in the
+loss passes; with attention only), head-fold (r1lite's loader hands the LM head contiguous
 input, models.fold_head_input; plain TRL loads with transformers alone), no-gc, static-cache, paged
 (TRL's use_transformers_continuous_batching), 1-thread. The first configuration is the baseline of the ratios;
 by default the recipe on plain TRL in fp32, then in bf16 (what a TRL user on a bf16-capable CPU would run), then r1lite.
@@ -87,6 +88,7 @@ LEVERS = {
     "sampling": {"fast_path_parts": ("fast_sampling",)},
     "attention": {"fast_path_parts": ("grouped_attention",)},
     "slot-decoding": {"fast_path_parts": ("slot_decoding",)},
+    "shared-prompt": {"fast_path_parts": ("shared_prompt",)},  # takes effect with the attention lever
     "head-fold": {"head_fold": True},
     "no-gc": {"gradient_checkpointing": False},
     "static-cache": {"cache_implementation": "static"},

@@ -159,6 +159,8 @@ def test_every_part_of_the_fast_path_engaged(fast_run):
     assert fast_run.log_probs.calls >= 4
     # slot decoding: the engine drew each step's completions.
     assert fast_run.slot_decodes == 2
+    # shared prompts: the reference pass and the loss forward of each step ran each prompt once.
+    assert fast_run.shared_prompt_passes == 4
     # grouped attention, in sampling and in the loss passes.
     assert fast_run.test_calls["grouped_attention"] > 0
     assert fast_run.model.config._attn_implementation == GROUPED_ATTENTION
@@ -176,7 +178,7 @@ def test_no_part_engages_when_left_out(tmp_path, tiny_model_dir, gsm8k_rows):
     )
     trainer.train()
     assert trainer.merged_model is None and trainer.sampler.calls == 0 and trainer.log_probs.calls == 0
-    assert trainer.slot_decodes == 0
+    assert trainer.slot_decodes == 0 and trainer.shared_prompt_passes == 0
     assert trainer.model.config._attn_implementation != GROUPED_ATTENTION
     with pytest.raises(ValueError, match="unknown fast-path parts"):
         CPUFastGRPOTrainer(
@@ -373,3 +375,72 @@ def test_grouped_attention_trains_like_the_default_attention(tiny_model_dir):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     model.config.attention_dropout = 0.1
     assert not use_grouped_attention(model)  # the formula has no dropout
+
+
+# ----------------------------------------------------------------------------------------------- shared prompts
+
+
+def _group_batch():
+    """Two prompts (one left-padded) x 3 completions of different lengths, laid out as TRL lays a GRPO batch."""
+    torch.manual_seed(1)
+    prompts = torch.tensor([[0, 0, 5, 17, 230, 9], [5, 17, 41, 8, 3, 2]]).repeat_interleave(3, dim=0)
+    prompt_mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6]).repeat_interleave(3, dim=0)
+    completions = torch.randint(10, 1000, (6, 5))
+    completion_mask = (torch.arange(5) < torch.tensor([5, 3, 1, 4, 5, 2])[:, None]).long()
+    return torch.cat([prompts, completions], 1), torch.cat([prompt_mask, completion_mask], 1), completion_mask
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_shared_prompt_scores_and_trains_like_one_pass_per_row(tmp_path, tiny_model_dir, gsm8k_rows, checkpointing):
+    """Each prompt run once for its completions: the same log-probabilities, entropies and LoRA gradients as TRL's
+    pass over every row, with or without (non-reentrant) gradient checkpointing."""
+    trainer = _sampler(tmp_path, tiny_model_dir, gsm8k_rows, FAST_PATH_PARTS, gradient_checkpointing=checkpointing)
+    model = trainer.model
+    model.train()
+    if checkpointing:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # a fresh adapter is a no-op; give the prompt's pass a gradient to pass on
+                param.normal_(std=0.05)
+    ids, mask, completion_mask = _group_batch()
+
+    def run(parts):
+        trainer.parts = parts
+        model.zero_grad()
+        logps, entropy, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, 5, compute_entropy=True)
+        (logps * completion_mask).sum().backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+        return logps.detach() * completion_mask, entropy.detach() * completion_mask, grads
+
+    without = tuple(part for part in FAST_PATH_PARTS if part != "shared_prompt")
+    expected_logps, expected_entropy, expected_grads = run(without)
+    assert trainer.shared_prompt_passes == 0
+    logps, entropy, grads = run(FAST_PATH_PARTS)
+    assert trainer.shared_prompt_passes == 1
+    torch.testing.assert_close(logps, expected_logps, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(entropy, expected_entropy, atol=1e-5, rtol=1e-4)
+    assert any("lora_A" in name and "q_proj" in name and grad.abs().sum() > 0 for name, grad in grads.items())
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_shared_prompt_leaves_rows_without_groups_to_trl(tmp_path, tiny_model_dir, gsm8k_rows):
+    trainer = _sampler(tmp_path, tiny_model_dir, gsm8k_rows, FAST_PATH_PARTS)
+    ids, mask, _ = _group_batch()
+    with torch.no_grad():
+        trainer._get_per_token_logps_and_entropies(trainer.model, ids[2:4], mask[2:4], 5)  # two different prompts
+        assert trainer.shared_prompt_passes == 0
+        trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 5, batch_size=3)  # a group per chunk
+        assert trainer.shared_prompt_passes == 1
+    reentrant = _sampler(
+        tmp_path / "reentrant",
+        tiny_model_dir,
+        gsm8k_rows,
+        FAST_PATH_PARTS,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": True},
+    )
+    with torch.no_grad():
+        reentrant._get_per_token_logps_and_entropies(reentrant.model, ids, mask, 5)
+    assert reentrant.shared_prompt_passes == 0  # its replay would not reach the prompt's pass

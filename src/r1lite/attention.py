@@ -25,8 +25,47 @@ GROUPED_ATTENTION = "r1lite_grouped"
 PLAIN_ATTENTION_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 
 
-def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """query (B, H, Q, D); key, value (B, KV, T, D); attention_mask additive (B, 1, Q, T). No dropout."""
+class PromptKV:
+    """Keys and values of prompts, layer by layer, for passes that run a prompt once for all its completions.
+
+    A pass over the prompts given ``record_prompt=kv`` stores each layer's keys and values (G prompts); a pass
+    over what follows them given ``prompt_kv=kv`` puts them in front of its own, each prompt's repeated for its
+    ``repeats`` consecutive rows, and masks the prompts' padding. Both are model keyword arguments that
+    transformers hands down to the attention function, so a gradient-checkpointed layer replays with the same
+    ones; the gradient reaches the prompt's pass through the repeat.
+    """
+
+    def __init__(self, padding: torch.Tensor, repeats: int):
+        self.padding = padding  # (G, P) bool: True where a prompt is padded
+        self.repeats = repeats
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        self.layers.setdefault(layer, (key, value))  # a checkpointed layer's replay finds its first entry
+
+    def prepend(self, layer: int, key, value, attention_mask):
+        prompt_key, prompt_value = (t.repeat_interleave(self.repeats, dim=0) for t in self.layers[layer])
+        padding = self.padding.repeat_interleave(self.repeats, dim=0)[:, None, None, :]
+        bias = torch.zeros(padding.shape, dtype=attention_mask.dtype).masked_fill_(
+            padding, torch.finfo(attention_mask.dtype).min
+        )
+        bias = bias.expand(-1, -1, attention_mask.shape[2], -1)
+        return (
+            torch.cat([prompt_key, key], dim=2),
+            torch.cat([prompt_value, value], dim=2),
+            torch.cat([bias, attention_mask[..., : key.shape[-2]]], dim=-1),
+        )
+
+
+def grouped_attention(
+    module, query, key, value, attention_mask, scaling, dropout=0.0, record_prompt=None, prompt_kv=None, **kwargs
+):
+    """query (B, H, Q, D); key, value (B, KV, T, D); attention_mask additive (B, 1, Q, T). No dropout.
+    ``record_prompt`` / ``prompt_kv``: a PromptKV to fill, or to attend to in front of `key` and `value`."""
+    if record_prompt is not None:
+        record_prompt.record(module.layer_idx, key, value)
+    if prompt_kv is not None:
+        key, value, attention_mask = prompt_kv.prepend(module.layer_idx, key, value, attention_mask)
     if attention_mask is None:  # eager_mask always builds one; stay correct (causal) if a caller did not
         return sdpa_attention_forward(module, query, key, value, None, scaling=scaling, **kwargs)
     batch, heads, q_len, dim = query.shape

@@ -11,6 +11,10 @@ its own in docs/speed.md:
 - ``cpu_lm_head``: the completions' log-probabilities come from ``CPULogProbs`` instead of TRL's fused LM
   head, which on a CPU scores every position;
 - ``grouped_attention``: r1lite.attention's grouped formula, in sampling and in the loss;
+- ``shared_prompt``: the log-prob passes and the loss forward run each prompt once for the group of completions
+  that share it, whose positions then attend to its keys and values (``r1lite.attention.PromptKV``), instead of
+  once per completion: the same values, in fewer FLOPs wherever the prompt is a large part of each row (a
+  one-shot prompt is two thirds of it). Needs the grouped attention, and non-reentrant checkpointing if any;
 - ``slot_decoding``: the merged copy samples through r1lite.engine's decoding loop (the one eval uses) instead
   of ``generate``: keys written in place rather than concatenated per token, the prompt prefilled once for
   all its completions, and finished completions leaving the batch. Same distribution (temperature, then
@@ -28,7 +32,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-from r1lite.attention import use_grouped_attention
+from r1lite.attention import GROUPED_ATTENTION, PromptKV, use_grouped_attention
 from r1lite.engine import decode, masked_attention
 from r1lite.models import lora_layers, merged_copy, refresh_merged
 from r1lite.timing import TimedGRPOTrainer
@@ -43,7 +47,14 @@ logger = logging.getLogger(__name__)
 # only the ~1,500 scored positions, in chunks, with torch's own logsumexp took 0.9 s for the same values.
 CPU_LM_HEAD_TOKENS = 512  # positions per chunk: 512 x 49,152 fp32 logits is 100 MB, kept for the backward
 
-FAST_PATH_PARTS = ("merged_generation", "fast_sampling", "cpu_lm_head", "grouped_attention", "slot_decoding")
+FAST_PATH_PARTS = (
+    "merged_generation",
+    "fast_sampling",
+    "cpu_lm_head",
+    "grouped_attention",
+    "slot_decoding",
+    "shared_prompt",
+)
 
 
 class CPULogProbs:
@@ -143,6 +154,7 @@ class CPUFastGRPOTrainer(TimedGRPOTrainer):
         self.merge_refreshes = 0
         self.sampler = InverseCDFSampler(torch.multinomial)
         self.slot_decodes = 0  # how many batches the engine sampled: tests check that it engaged
+        self.shared_prompt_passes = 0  # how many passes ran each prompt once: likewise
         self.log_probs = CPULogProbs(trl_log_probs_function(), self.entropy_bonus_enabled)
 
     def generation_context(self):
@@ -203,6 +215,76 @@ class CPUFastGRPOTrainer(TimedGRPOTrainer):
                 eos=list(self.eos_token_ids),
                 slots=len(prompt_ids),
             )
+
+    def _shares_prompts(self, model) -> bool:
+        """Whether the passes can run each prompt once: the grouped attention (it takes the prompt's keys), and no
+        reentrant checkpointing (its replay would not send the gradient back to the prompt's pass)."""
+        if "shared_prompt" not in self.parts:
+            return False
+        if self.accelerator.unwrap_model(model).config._attn_implementation != GROUPED_ATTENTION:
+            return False
+        checkpointing = self.args.gradient_checkpointing_kwargs or {"use_reentrant": False}
+        return not (self.args.gradient_checkpointing and checkpointing.get("use_reentrant", True))
+
+    def score(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy):
+        """The completions' log-probabilities with each prompt run once for its group (``shared_prompt``)."""
+        prompt_width = input_ids.shape[1] - logits_to_keep
+        if prompt_width < 2 or not self._shares_prompts(model):
+            return None
+        batch_size = batch_size or len(input_ids)
+        chunks = [slice(start, start + batch_size) for start in range(0, len(input_ids), batch_size)]
+        repeats = [
+            _repeated_rows(torch.cat([input_ids[c, :prompt_width], attention_mask[c, :prompt_width]], 1))
+            for c in chunks
+        ]
+        if min(repeats) < 2:
+            return None
+        self.shared_prompt_passes += 1
+        logps, entropies = [], []
+        for chunk, n in zip(chunks, repeats, strict=True):
+            ids, mask = input_ids[chunk], attention_mask[chunk]
+            with self.accelerator.autocast():
+                chunk_logps, chunk_entropy = _score_with_shared_prompt(model, ids, mask, prompt_width, n)
+            logps.append(chunk_logps[:, -logits_to_keep:])
+            if compute_entropy:
+                entropies.append(chunk_entropy[:, -logits_to_keep:])
+        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None
+
+
+def _score_with_shared_prompt(model, ids, mask, prompt_width: int, repeats: int):
+    """Per-token log-probabilities and entropies of `ids` (TRL's fused LM head) from two passes: the prompts but
+    their last token, one row per group of `repeats`, then every row from the last prompt token on, attending to
+    the first pass's keys and values. Positions are those of the one-pass forward (0, 1, ... with padding)."""
+    head = prompt_width - 1  # the last prompt token stays in the second pass: it predicts the first completion token
+    kv = PromptKV(mask[::repeats, :head] == 0, repeats)
+    model(
+        input_ids=ids[::repeats, :head],
+        attention_mask=mask[::repeats, :head],
+        use_cache=False,
+        logits_to_keep=1,
+        record_prompt=kv,
+    )
+    tail_ids, tail_mask = ids[:, head:], mask[:, head:]
+    labels = tail_ids.masked_fill(tail_mask == 0, -100)
+    labels[:, 0] = -100  # what precedes the first completion token is not scored
+    positions = torch.arange(head, ids.shape[1], device=ids.device).expand(len(ids), -1)
+    outputs = model(
+        input_ids=tail_ids,
+        attention_mask=tail_mask,
+        position_ids=positions,
+        labels=labels,
+        fused_lm_head=True,
+        prompt_kv=kv,
+    )
+    return outputs.log_probs, outputs.entropy
+
+
+def _repeated_rows(rows: torch.Tensor) -> int:
+    """The length r of the runs of equal consecutive rows `rows` is made of; 1 where there are no such runs."""
+    run = int((rows == rows[:1]).all(1).long().cumprod(0).sum())
+    if len(rows) % run or not torch.equal(rows, rows[::run].repeat_interleave(run, dim=0)):
+        return 1
+    return run
 
 
 def _run_length(items: list) -> int:

@@ -54,7 +54,8 @@ class HookedGRPOTrainer(GRPOTrainer):
     - ``rollout_context()``: a whole rollout (generation, rewards, log-probs, advantages);
     - ``training_step_context()``: one micro-step (rollout, loss forward and backward).
     ``sampling_model()`` may return a model to sample from instead of the training model, and
-    ``sample(model, prompt_ids)`` may draw the completions itself (None: TRL's ``generate`` draws them).
+    ``sample(model, prompt_ids)`` may draw the completions itself (None: TRL's ``generate`` draws them), and
+    ``score(...)`` may compute the completions' log-probabilities itself (None: TRL's forward computes them).
     """
 
     def __init__(self, *args, **kwargs):
@@ -86,6 +87,14 @@ class HookedGRPOTrainer(GRPOTrainer):
         Called inside ``generation_context()`` for text-only prompts when not sampling with vLLM."""
         return None
 
+    def score(
+        self, model, input_ids, attention_mask, logits_to_keep: int, batch_size: int | None, compute_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Per-token log-probabilities of the last `logits_to_keep` tokens of each row under `model` (TRL's fused
+        LM head, at TRL's temperature), and their entropies where `compute_entropy`; None to let TRL compute them.
+        Called for every log-prob pass and the loss forward of text-only batches (no MoE auxiliary loss)."""
+        return None
+
     # ---- what the hooks may read or write
     @property
     def entropy_bonus_enabled(self) -> bool:
@@ -112,11 +121,33 @@ class HookedGRPOTrainer(GRPOTrainer):
         with self.rewards_context():
             return super()._calculate_rewards(*args, **kwargs)
 
-    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
-        if torch.is_grad_enabled():  # the loss forward: part of the training step, not a log-prob pass
-            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
-        with self.logprobs_context():
-            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **multimodal,
+    ):
+        # The loss forward is part of the training step; the no-grad passes are log-prob passes.
+        with nullcontext() if torch.is_grad_enabled() else self.logprobs_context():
+            if not compute_aux_loss and all(value is None for value in multimodal.values()):
+                scored = self.score(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy)
+                if scored is not None:
+                    return (*scored, None)
+            return super()._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size,
+                compute_entropy=compute_entropy,
+                compute_aux_loss=compute_aux_loss,
+                **multimodal,
+            )
 
     def _prepare_inputs(self, *args, **kwargs):
         with self.rollout_context():
