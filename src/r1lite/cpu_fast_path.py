@@ -233,10 +233,8 @@ class CPUFastGRPOTrainer(TimedGRPOTrainer):
             return None
         batch_size = batch_size or len(input_ids)
         chunks = [slice(start, start + batch_size) for start in range(0, len(input_ids), batch_size)]
-        repeats = [
-            _repeated_rows(torch.cat([input_ids[c, :prompt_width], attention_mask[c, :prompt_width]], 1))
-            for c in chunks
-        ]
+        prompts = torch.cat([input_ids[:, :prompt_width], attention_mask[:, :prompt_width]], 1).tolist()
+        repeats = [_run_length(prompts[c]) for c in chunks]
         if min(repeats) < 2:
             return None
         self.shared_prompt_passes += 1
@@ -277,14 +275,6 @@ def _score_with_shared_prompt(model, ids, mask, prompt_width: int, repeats: int)
         prompt_kv=kv,
     )
     return outputs.log_probs, outputs.entropy
-
-
-def _repeated_rows(rows: torch.Tensor) -> int:
-    """The length r of the runs of equal consecutive rows `rows` is made of; 1 where there are no such runs."""
-    run = int((rows == rows[:1]).all(1).long().cumprod(0).sum())
-    if len(rows) % run or not torch.equal(rows, rows[::run].repeat_interleave(run, dim=0)):
-        return 1
-    return run
 
 
 def _run_length(items: list) -> int:
