@@ -55,12 +55,13 @@ def evaluate(adapter: str | None, out: Path, recipe: dict, args) -> dict:
 
 
 def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean of shares over seeds, with Student's t interval at 95%, clipped to 0-100%."""
     n = len(values)
     mean = sum(values) / n
     if n < 2:
         return mean, float("nan"), float("nan")
     half = T95.get(n - 1, 1.96) * statistics.stdev(values) / math.sqrt(n)
-    return mean, mean - half, mean + half
+    return mean, max(mean - half, 0.0), min(mean + half, 1.0)  # a share: the interval stays within 0-100%
 
 
 def training_minutes(run_dir: Path) -> dict[int, float]:
