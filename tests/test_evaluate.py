@@ -689,3 +689,22 @@ def test_vllm_backend_hands_the_whole_job_to_vllm(monkeypatch, tiny_model_dir):
         engine.pick_backend("vllm")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert engine.pick_backend("auto") == "vllm"
+
+
+def test_packed_linears_compute_what_the_layers_compute_and_leave_no_trace(tiny_model_dir):
+    from r1lite.engine import packed_linears
+
+    model, _ = load_for_generation(ModelArgs(model=str(tiny_model_dir), precision="bf16"))
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    ids = torch.randint(0, 1000, (3, 9))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        with packed_linears(model, 3) as packed, torch.profiler.profile() as prof:
+            got = model(input_ids=ids).logits
+    assert packed == len(linears) > 0
+    assert sum(event.name == "mkldnn::_linear_pointwise" for event in prof.events()) == len(linears)
+    torch.testing.assert_close(got, expected, atol=1e-2, rtol=1e-2)
+    assert not any("forward" in vars(m) for m in linears)  # the layers' own forward again
+    with packed_linears(model, 3):  # a call that needs a gradient takes the plain, differentiable path
+        x = torch.randn(2, model.config.hidden_size, dtype=torch.bfloat16, requires_grad=True)
+        assert linears[0](x).grad_fn is not None
