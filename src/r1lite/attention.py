@@ -46,7 +46,7 @@ class PromptKV:
     def prepend(self, layer: int, key, value, attention_mask):
         prompt_key, prompt_value = (t.repeat_interleave(self.repeats, dim=0) for t in self.layers[layer])
         padding = self.padding.repeat_interleave(self.repeats, dim=0)[:, None, None, :]
-        bias = torch.zeros(padding.shape, dtype=attention_mask.dtype).masked_fill_(
+        bias = torch.zeros(padding.shape, dtype=attention_mask.dtype, device=padding.device).masked_fill_(
             padding, torch.finfo(attention_mask.dtype).min
         )
         bias = bias.expand(-1, -1, attention_mask.shape[2], -1)

@@ -108,9 +108,13 @@ def packed_linears(model, rows: int) -> Iterator[int]:
             and m.weight.dtype in PACKED_DTYPES
             and "forward" not in vars(m)
         ]
-    for layer in layers:
-        packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), rows)
-        layer.forward = functools.partial(_packed_linear, layer, packed)
+    try:
+        packed = [torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), rows) for layer in layers]
+    except (RuntimeError, NotImplementedError) as exc:  # a oneDNN build without these kernels (some non-x86 CPUs)
+        logger.debug("decoding with torch's plain linear layers: %s", exc)
+        layers, packed = [], []
+    for layer, weight in zip(layers, packed, strict=True):
+        layer.forward = functools.partial(_packed_linear, layer, weight)
     try:
         yield len(layers)
     finally:
