@@ -1,6 +1,6 @@
 """The trainer r1lite uses on a CPU: the same GRPO loss and sampling distribution as TRL's, in far less time.
 
-``CPUFastGRPOTrainer`` (a TimedGRPOTrainer, so it logs time/<phase>) turns on five parts, each measured on
+``CPUFastGRPOTrainer`` (a TimedGRPOTrainer, so it logs time/<phase>) turns on six parts, each measured on
 its own in docs/speed.md:
 
 - ``merged_generation``: completions are sampled from a copy of the model with the LoRA adapter merged into
