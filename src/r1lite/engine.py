@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.generation.logits_process import TopPLogitsWarper
 
+from r1lite.decoder import LeanDecoder
 from r1lite.errors import EvalError
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,18 @@ def _forward(model, tokens, mask, positions, cache) -> torch.Tensor:
         logits_to_keep=1,
     )
     return out.logits[:, -1]  # (B, V)
+
+
+@contextmanager
+def _decoding_forward(model, slots: int) -> Iterator[Callable]:
+    """The forward a decode call runs: `LeanDecoder` where it applies (plain Llama-family models on a CPU),
+    else transformers' forward with the linear layers laid out once (`packed_linears`)."""
+    lean = LeanDecoder.for_model(model, slots)
+    if lean is not None:
+        yield lean
+        return
+    with packed_linears(model, slots):
+        yield functools.partial(_forward, model)
 
 
 def _same_device(device: torch.device, **tensors: torch.Tensor) -> None:
@@ -309,9 +322,10 @@ def decode(
     half the slots are idle, the cache shrinks to the live ones, so the last replies do not pay for empty slots.
     Linear layers multiply by weights laid out once for the whole call (`packed_linears`).
     """
-    with packed_linears(model, slots):
+    with _decoding_forward(model, slots) as forward:
         return _decode(
             model,
+            forward,
             prompts,
             num_generations,
             temperature,
@@ -325,7 +339,17 @@ def decode(
 
 
 def _decode(
-    model, prompts, num_generations, temperature, top_p, max_completion_length, eos, slots, on_token, on_prompt_done
+    model,
+    forward,
+    prompts,
+    num_generations,
+    temperature,
+    top_p,
+    max_completion_length,
+    eos,
+    slots,
+    on_token,
+    on_prompt_done,
 ) -> list[list[int]]:
     n = num_generations
     if slots < n:
@@ -343,7 +367,7 @@ def _decode(
         ids = torch.tensor([prompts[0][:shared]], device=device)
         cache.aim(columns[None, :shared], slots=torch.zeros(1, dtype=torch.long, device=device))
         allowed = columns[None, :shared] <= columns[:shared, None]  # causal
-        _forward(model, ids, cache.mask(allowed[None, None]), columns[None, :shared], cache)
+        forward(ids, cache.mask(allowed[None, None]), columns[None, :shared], cache)
         cache.valid[0, :shared] = True
         cache.copy(0, torch.arange(1, slots, device=device), 0, shared)
 
@@ -366,7 +390,7 @@ def _decode(
         if enter and (enter >= refill or enter == len(prompts) - waiting or len(idle) == cache.slots):
             groups = idle[: enter * n].view(enter, n)  # the slots of each entering prompt's replies
             rests = [prompts[p][shared:] for p in range(waiting, waiting + enter)]
-            fresh = _enter(model, cache, groups[:, 0], rests, shared, columns)
+            fresh = _enter(forward, cache, groups[:, 0], rests, shared, columns)
             width = max(map(len, rests))
             for i, group in enumerate(groups):
                 if n > 1:
@@ -410,12 +434,14 @@ def _decode(
         cache.aim(column[:, None])
         cache.valid[going, column[going]] = True
         allowed = cache.valid | (columns[None, : cache.width] == column[:, None])
-        logits = _forward(model, token[:, None], cache.mask(allowed[:, None, None, :]), position[:, None], cache)
+        logits = forward(token[:, None], cache.mask(allowed[:, None, None, :]), position[:, None], cache)
         column[going] += 1
         position[going] += 1
 
 
-def _enter(model, cache: SlotCache, slots: torch.Tensor, rests: list[list[int]], shared: int, columns) -> torch.Tensor:
+def _enter(
+    forward, cache: SlotCache, slots: torch.Tensor, rests: list[list[int]], shared: int, columns
+) -> torch.Tensor:
     """Prefill each prompt's own tokens (after the shared prefix) into its slot: left-padded to one width W, at
     columns shared..shared+W-1, so that every prompt's last token is in the last column and its reply starts right
     after. The logits (len(rests), V) its first reply token is picked from."""
@@ -437,7 +463,7 @@ def _enter(model, cache: SlotCache, slots: torch.Tensor, rests: list[list[int]],
     allowed = (cache.valid[slots, None, : shared + width] & (seen[None, None, :] <= mine[None, :, None])) | (
         seen[None, None, :] == mine[None, :, None]
     )
-    return _forward(model, ids, cache.mask(allowed[:, None]), positions, cache)
+    return forward(ids, cache.mask(allowed[:, None]), positions, cache)
 
 
 def auto_batch_size(model, max_tokens: int) -> int:

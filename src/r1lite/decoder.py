@@ -1,0 +1,222 @@
+"""A lean decoding forward for Llama-family models on a CPU (`LeanDecoder`), used by `r1lite.engine.decode`.
+
+At the handful of sequences a GRPO group or a chat decodes, a decoding step of a small model is not bound by its
+matrix products but by the operations around them: transformers' forward for one token of the embedded model runs
+some 60 tensor operations and a dozen module calls per layer, each with its fixed cost. This forward computes the
+same function with fewer and larger operations:
+
+- the query, key and value projections multiply by one weight (their three stacked), as do the gate and up
+  projections, each laid out once for oneDNN (`torch.ops.mkldnn._reorder_linear_weight`) for the whole call;
+- the rotary embedding turns queries and keys together, swapping the two halves of each head with one `flip`;
+- attention is the grouped product of `r1lite.attention.grouped_attention`, over the `SlotCache` as it stands;
+- nothing goes through module calls, hooks or keyword plumbing.
+
+It applies to the architectures it spells out (`LEAN_MODEL_TYPES`: Llama, which SmolLM2 is, and Qwen2, which
+Qwen2.5 is) in their plain form: every projection a plain `nn.Linear`, SiLU gating, full attention in every layer,
+no hooks on any module but r1lite's own on the LM head. Anything else (an adapter left unmerged, 4-bit layers, a
+sliding window, accelerate's offload hooks) decodes through transformers' forward. Operation by operation it
+computes what transformers computes, in the same dtype and order; tests/test_decoder.py compares the logits and
+the greedy replies.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+LEAN_MODEL_TYPES = ("llama", "qwen2")
+LEAN_DTYPES = (torch.bfloat16, torch.float32)
+
+
+@dataclass
+class _Layer:
+    norm1: torch.Tensor
+    norm1_eps: float
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    norm2: torch.Tensor
+    norm2_eps: float
+    gate_up: torch.Tensor
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+
+
+def _why_not(model) -> str | None:
+    """Why `LeanDecoder` cannot stand in for this model's forward, or None where it can."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in LEAN_MODEL_TYPES:
+        return f"model type {getattr(config, 'model_type', None)!r} is not one of {LEAN_MODEL_TYPES}"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
+        return "not a plain causal LM (an adapter wrapper?)"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r}"
+    if getattr(config, "use_sliding_window", False) or any(
+        kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()
+    ):
+        return "sliding-window attention"
+    if len(inner.layers) != config.num_hidden_layers:
+        return "layers were added or removed"
+    embed = inner.embed_tokens
+    if type(embed) is not torch.nn.Embedding or embed.weight.device.type != "cpu":
+        return "embeddings are not a plain CPU nn.Embedding"
+    dtype = embed.weight.dtype
+    if dtype not in LEAN_DTYPES:
+        return f"dtype {dtype}"
+    for layer in inner.layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        for linear in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
+            if not _plain_linear(linear, dtype):
+                return "a projection is not a plain nn.Linear of the model's dtype (an adapter, quantised layers?)"
+        for linear in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+            if not _plain_linear(linear, dtype):
+                return "a projection is not a plain nn.Linear of the model's dtype (an adapter, quantised layers?)"
+        if set(vars(layer.self_attn)) & {"q_norm", "k_norm"} or hasattr(attention, "q_norm"):
+            return "query/key norms"
+    if not _plain_linear(model.lm_head, dtype):
+        return "the LM head is not a plain nn.Linear of the model's dtype"
+    for name, module in model.named_modules():
+        hooks = list(module._forward_pre_hooks.values()) + list(module._forward_hooks.values())
+        if hasattr(module, "_hf_hook") or any(getattr(hook, "__name__", "") != "_contiguous_input" for hook in hooks):
+            return f"hooks on {name or 'the model'}"
+    return None
+
+
+def _plain_linear(module, dtype: torch.dtype) -> bool:
+    return (
+        type(module) is torch.nn.Linear
+        and "forward" not in vars(module)
+        and module.weight.dtype == dtype
+        and module.weight.device.type == "cpu"
+    )
+
+
+def _stacked(*linears: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weight = torch.cat([linear.weight.detach() for linear in linears])
+    if all(linear.bias is None for linear in linears):
+        return weight, None
+    bias = [
+        linear.bias.detach() if linear.bias is not None else weight.new_zeros(linear.out_features) for linear in linears
+    ]
+    return weight, torch.cat(bias)
+
+
+class LeanDecoder:
+    """The forward `r1lite.engine.decode` calls, for a model `for_model` accepts: (B, Q) tokens, their positions,
+    a (B, 1, Q, W) additive mask and a `SlotCache` aimed where the new keys go, to the last position's logits (B, V).
+
+    Holds a copy of the weights (stacked, and laid out for oneDNN where it can), made once: build one per `decode`
+    call, so that a model whose weights changed in between (a refreshed sampling copy) is read afresh."""
+
+    def __init__(self, model, rows: int):
+        config = model.config
+        inner = model.model
+        self.rotary = inner.rotary_emb
+        self.embed = inner.embed_tokens.weight.detach()
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.intermediate = config.intermediate_size
+        self.scaling = inner.layers[0].self_attn.scaling
+        self.rows = rows
+        self.packed = _can_pack()
+        self.layers = []
+        for layer in inner.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            qkv, qkv_bias = _stacked(attention.q_proj, attention.k_proj, attention.v_proj)
+            gate_up, gate_up_bias = _stacked(mlp.gate_proj, mlp.up_proj)
+            self.layers.append(
+                _Layer(
+                    norm1=layer.input_layernorm.weight.detach(),
+                    norm1_eps=layer.input_layernorm.variance_epsilon,
+                    qkv=self._pack(qkv),
+                    qkv_bias=qkv_bias,
+                    o=self._pack(attention.o_proj.weight.detach()),
+                    o_bias=_detached(attention.o_proj.bias),
+                    norm2=layer.post_attention_layernorm.weight.detach(),
+                    norm2_eps=layer.post_attention_layernorm.variance_epsilon,
+                    gate_up=self._pack(gate_up),
+                    gate_up_bias=gate_up_bias,
+                    down=self._pack(mlp.down_proj.weight.detach()),
+                    down_bias=_detached(mlp.down_proj.bias),
+                )
+            )
+        self.norm = inner.norm.weight.detach()
+        self.norm_eps = inner.norm.variance_epsilon
+        self.head = self._pack(model.lm_head.weight.detach())
+        self.head_bias = _detached(model.lm_head.bias)
+
+    @classmethod
+    def for_model(cls, model, rows: int) -> LeanDecoder | None:
+        """A decoder for `model`, or None where it does not apply (the reason is logged at debug level)."""
+        reason = _why_not(model)
+        if reason is not None:
+            logger.debug("decoding through transformers' forward: %s", reason)
+            return None
+        try:
+            return cls(model, rows)
+        except (RuntimeError, NotImplementedError) as exc:  # a oneDNN build that cannot lay these weights out
+            logger.debug("decoding through transformers' forward: %s", exc)
+            return None
+
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
+        weight = weight.contiguous()
+        return torch.ops.mkldnn._reorder_linear_weight(weight, self.rows) if self.packed else weight
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        # transformers' RMSNorm: in fp32, then back to the activations' dtype before the weight.
+        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        batch, length = tokens.shape
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        groups, half = heads // kv_heads, dim // 2
+        x = F.embedding(tokens, self.embed)
+        cos, sin = self.rotary(x, positions)  # (B, Q, D) each, in x's dtype
+        cos = cos[:, :, None]
+        # rotate_half(t) * sin == flip(halves of t) * (-sin_1, sin_2): one flip turns queries and keys together.
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
+        for index, layer in enumerate(self.layers):
+            h = self._norm(x, layer.norm1, layer.norm1_eps)
+            qkv = self._linear(h, layer.qkv, layer.qkv_bias).view(batch, length, heads + 2 * kv_heads, dim)
+            qk = qkv[:, :, : heads + kv_heads]
+            qk = qk * cos + qk.unflatten(-1, (2, half)).flip(-2).flatten(-2) * sin
+            key = qk[:, :, heads:].transpose(1, 2)
+            value = qkv[:, :, heads + kv_heads :].transpose(1, 2)
+            keys, values = cache.update(key, value, index)
+            width = keys.shape[-2]
+            query = qk[:, :, :heads].transpose(1, 2).reshape(batch, kv_heads, groups * length, dim)
+            scores = (query @ keys.transpose(2, 3) * self.scaling).view(batch, kv_heads, groups, length, width)
+            scores = scores + mask[:, :, None, :, :width]
+            probs = torch.softmax(scores.view(batch, kv_heads, groups * length, width), dim=-1, dtype=torch.float32)
+            out = (probs.to(values.dtype) @ values).view(batch, heads, length, dim).transpose(1, 2)
+            x = x + self._linear(out.reshape(batch, length, heads * dim), layer.o, layer.o_bias)
+            h = self._norm(x, layer.norm2, layer.norm2_eps)
+            gate_up = self._linear(h, layer.gate_up, layer.gate_up_bias)
+            gated = F.silu(gate_up[..., : self.intermediate]) * gate_up[..., self.intermediate :]
+            x = x + self._linear(gated, layer.down, layer.down_bias)
+        last = self._norm(x[:, -1], self.norm, self.norm_eps)
+        return self._linear(last, self.head, self.head_bias)
+
+
+def _detached(bias: torch.Tensor | None) -> torch.Tensor | None:
+    return None if bias is None else bias.detach()
+
+
+def _can_pack() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
