@@ -7,7 +7,9 @@ prefilled once, and each prompt once however many replies it gets. Every tensor 
 the model's device. A lone reply can be streamed: `generate_replies(..., streamer=...)` feeds a transformers
 streamer (`TextStreamer`, `TextIteratorStreamer` or a subclass) the way `model.generate` does, from this same
 loop, so a streamed reply is token for token the reply the call returns. Where vLLM is installed and a GPU
-present, `vllm_generate_replies` gives the same replies from vLLM (`pick_backend` chooses).
+present, `vllm_generate_replies` gives the same replies from vLLM (`pick_backend` chooses). On a CPU, plain
+Llama-family models (the embedded SmolLM2, Qwen2.5) decode through a lean forward of their own
+(`r1lite.decoder`), the same computation in fewer operations.
 """
 
 from __future__ import annotations
@@ -320,7 +322,8 @@ def decode(
     the longest reply is done), its slot going to the next prompt. The prefix all prompts share (a system prompt)
     is computed once; each prompt computes only the rest, once for all its replies. Once no prompt is waiting and
     half the slots are idle, the cache shrinks to the live ones, so the last replies do not pay for empty slots.
-    Linear layers multiply by weights laid out once for the whole call (`packed_linears`).
+    The forward is r1lite's lean one (`r1lite.decoder.LeanDecoder`) for plain Llama-family models on a CPU, and
+    transformers' otherwise, its linear layers multiplying by weights laid out once for the call (`packed_linears`).
     """
     with _decoding_forward(model, slots) as forward:
         return _decode(
