@@ -1,9 +1,8 @@
 """A lean decoding forward for Llama-family models on a CPU (`LeanDecoder`), used by `r1lite.engine.decode`.
 
 At the handful of sequences a GRPO group or a chat decodes, a decoding step of a small model is not bound by its
-matrix products but by the operations around them: transformers' forward for one token of the embedded model runs
-some 60 tensor operations and a dozen module calls per layer, each with its fixed cost. This forward computes the
-same function with fewer and larger operations:
+matrix products alone but by the operations and module calls around them, each with its fixed cost. This forward
+computes the same function with fewer and larger operations and no module calls:
 
 - the query, key and value projections multiply by one weight (their three stacked), as do the gate and up
   projections, each laid out once for oneDNN (`torch.ops.mkldnn._reorder_linear_weight`) for the whole call;
@@ -14,9 +13,8 @@ same function with fewer and larger operations:
 It applies to the architectures it spells out (`LEAN_MODEL_TYPES`: Llama, which SmolLM2 is, and Qwen2, which
 Qwen2.5 is) in their plain form: every projection a plain `nn.Linear`, SiLU gating, full attention in every layer,
 no hooks on any module but r1lite's own on the LM head. Anything else (an adapter left unmerged, 4-bit layers, a
-sliding window, accelerate's offload hooks) decodes through transformers' forward. Operation by operation it
-computes what transformers computes, in the same dtype and order; tests/test_decoder.py compares the logits and
-the greedy replies.
+sliding window, accelerate's offload hooks) decodes through transformers' forward. It rounds where transformers'
+forward rounds, in the same dtype; tests/test_decoder.py compares the logits and the greedy replies.
 """
 
 from __future__ import annotations
