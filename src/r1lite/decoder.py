@@ -71,13 +71,13 @@ def _why_not(model) -> str | None:
         return f"dtype {dtype}"
     for layer in inner.layers:
         attention, mlp = layer.self_attn, layer.mlp
-        for linear in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
-            if not _plain_linear(linear, dtype):
-                return "a projection is not a plain nn.Linear of the model's dtype (an adapter, quantised layers?)"
-        for linear in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
-            if not _plain_linear(linear, dtype):
-                return "a projection is not a plain nn.Linear of the model's dtype (an adapter, quantised layers?)"
-        if set(vars(layer.self_attn)) & {"q_norm", "k_norm"} or hasattr(attention, "q_norm"):
+        projections = (
+            *(attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj),
+            *(mlp.gate_proj, mlp.up_proj, mlp.down_proj),
+        )
+        if not all(_plain_linear(linear, dtype) for linear in projections):
+            return "a projection is not a plain nn.Linear of the model's dtype (an adapter, quantised layers?)"
+        if hasattr(attention, "q_norm") or hasattr(attention, "k_norm"):
             return "query/key norms"
     if not _plain_linear(model.lm_head, dtype):
         return "the LM head is not a plain nn.Linear of the model's dtype"
