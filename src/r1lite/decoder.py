@@ -7,7 +7,7 @@ computes the same function with fewer and larger operations and no module calls:
 - the query, key and value projections multiply by one weight (their three stacked), as do the gate and up
   projections, each laid out once for oneDNN (`torch.ops.mkldnn._reorder_linear_weight`) for the whole call;
 - the rotary embedding turns queries and keys together, swapping the two halves of each head with one `flip`;
-- attention is the grouped product of `r1lite.attention.grouped_attention`, over the `SlotCache` as it stands;
+- attention is `r1lite.attention.grouped_attention`, over the `SlotCache` as it stands;
 - nothing goes through module calls, hooks or keyword plumbing.
 
 It applies to the architectures it spells out (`LEAN_MODEL_TYPES`: Llama, which SmolLM2 is, and Qwen2, which
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from r1lite.attention import grouped_attention
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +83,11 @@ def _why_not(model) -> str | None:
             return "query/key norms"
     if not _plain_linear(model.lm_head, dtype):
         return "the LM head is not a plain nn.Linear of the model's dtype"
+    from r1lite.models import _contiguous_input  # the head fold's hook; models.py loads peft and transformers
+
     for name, module in model.named_modules():
         hooks = list(module._forward_pre_hooks.values()) + list(module._forward_hooks.values())
-        if hasattr(module, "_hf_hook") or any(getattr(hook, "__name__", "") != "_contiguous_input" for hook in hooks):
+        if hasattr(module, "_hf_hook") or any(hook is not _contiguous_input for hook in hooks):
             return f"hooks on {name or 'the model'}"
     return None
 
@@ -125,7 +129,7 @@ class LeanDecoder:
         self.intermediate = config.intermediate_size
         self.scaling = inner.layers[0].self_attn.scaling
         self.rows = rows
-        self.packed = _can_pack()
+        self.packed = can_pack()
         self.layers = []
         for layer in inner.layers:
             attention, mlp = layer.self_attn, layer.mlp
@@ -166,13 +170,10 @@ class LeanDecoder:
             return None
 
     def _pack(self, weight: torch.Tensor) -> torch.Tensor:
-        weight = weight.contiguous()
-        return torch.ops.mkldnn._reorder_linear_weight(weight, self.rows) if self.packed else weight
+        return pack_weight(weight.contiguous(), self.rows) if self.packed else weight
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-        return F.linear(x, weight, bias)
+        return packed_linear(x, weight, bias) if self.packed else F.linear(x, weight, bias)
 
     @staticmethod
     def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -183,7 +184,7 @@ class LeanDecoder:
     def __call__(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         batch, length = tokens.shape
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        groups, half = heads // kv_heads, dim // 2
+        half = dim // 2
         x = F.embedding(tokens, self.embed)
         cos, sin = self.rotary(x, positions)  # (B, Q, D) each, in x's dtype
         cos = cos[:, :, None]
@@ -197,13 +198,8 @@ class LeanDecoder:
             key = qk[:, :, heads:].transpose(1, 2)
             value = qkv[:, :, heads + kv_heads :].transpose(1, 2)
             keys, values = cache.update(key, value, index)
-            width = keys.shape[-2]
-            query = qk[:, :, :heads].transpose(1, 2).reshape(batch, kv_heads, groups * length, dim)
-            scores = (query @ keys.transpose(2, 3) * self.scaling).view(batch, kv_heads, groups, length, width)
-            scores = scores + mask[:, :, None, :, :width]
-            probs = torch.softmax(scores.view(batch, kv_heads, groups * length, width), dim=-1, dtype=torch.float32)
-            out = (probs.to(values.dtype) @ values).view(batch, heads, length, dim).transpose(1, 2)
-            x = x + self._linear(out.reshape(batch, length, heads * dim), layer.o, layer.o_bias)
+            out, _ = grouped_attention(None, qk[:, :, :heads].transpose(1, 2), keys, values, mask, self.scaling)
+            x = x + self._linear(out.view(batch, length, heads * dim), layer.o, layer.o_bias)
             h = self._norm(x, layer.norm2, layer.norm2_eps)
             gate_up = self._linear(h, layer.gate_up, layer.gate_up_bias)
             gated = F.silu(gate_up[..., : self.intermediate]) * gate_up[..., self.intermediate :]
@@ -216,5 +212,16 @@ def _detached(bias: torch.Tensor | None) -> torch.Tensor | None:
     return None if bias is None else bias.detach()
 
 
-def _can_pack() -> bool:
+def can_pack() -> bool:
+    """Whether this torch can lay linear weights out once for oneDNN (`pack_weight`, `packed_linear`)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def pack_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """A CPU linear weight (out, in) laid out for oneDNN's product at about `rows` rows; any number of rows works."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias from the weight `pack_weight` laid out (no backward)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from r1lite.decoder import LeanDecoder
+from r1lite.decoder import LeanDecoder, can_pack, pack_weight, packed_linear
 from r1lite.errors import EvalError
 
 logger = logging.getLogger(__name__)
@@ -89,10 +89,6 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tenso
 PACKED_DTYPES = (torch.bfloat16, torch.float32)
 
 
-def _can_pack() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-
-
 @contextmanager
 def packed_linears(model, rows: int) -> Iterator[int]:
     """Inside this block, every plain `nn.Linear` of a CPU model multiplies by a copy of its weight laid out once
@@ -102,7 +98,7 @@ def packed_linears(model, rows: int) -> Iterator[int]:
     Calls that need a gradient, or whose input dtype differs, take the plain path. Costs one more copy of the
     packed weights while it lasts."""
     layers = []
-    if _can_pack():
+    if can_pack():
         layers = [
             m
             for m in model.modules()
@@ -112,7 +108,7 @@ def packed_linears(model, rows: int) -> Iterator[int]:
             and "forward" not in vars(m)
         ]
     try:
-        packed = [torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), rows) for layer in layers]
+        packed = [pack_weight(layer.weight.detach(), rows) for layer in layers]
     except (RuntimeError, NotImplementedError) as exc:  # a oneDNN build without these kernels (some non-x86 CPUs)
         logger.debug("decoding with torch's plain linear layers: %s", exc)
         layers, packed = [], []
@@ -128,7 +124,7 @@ def packed_linears(model, rows: int) -> Iterator[int]:
 def _packed_linear(layer: torch.nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if x.dtype != layer.weight.dtype or (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)):
         return torch.nn.functional.linear(x, layer.weight, layer.bias)  # the packed product has no backward
-    return torch.ops.mkldnn._linear_pointwise(x, packed, layer.bias, "none", [], "")
+    return packed_linear(x, packed, layer.bias)
 
 
 def _forward(model, tokens, mask, positions, cache) -> torch.Tensor:
