@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
+import r1lite.decoder as decoder
 import r1lite.engine as engine
 from r1lite.config import ModelArgs
 from r1lite.decoder import LeanDecoder
+from r1lite.decoder import can_pack as decoder_can_pack
 from r1lite.models import load_for_generation, lora_config, merged_copy
 
 PROMPTS = [[1, 5, 9, 13, 2, 40], [1, 5, 9, 7], [1, 5, 9, 13, 2, 40, 41, 42, 43], [1, 5, 30]]
@@ -49,10 +53,15 @@ def _load(model_dir, precision: str):
     return model
 
 
-def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, monkeypatch):
+@pytest.mark.parametrize("laid_out", [True, False], ids=["onednn-layout", "torch-layout"])
+def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, monkeypatch, laid_out):
+    """Also with its weights left in torch's layout: what it does where oneDNN cannot lay out the model's dtype
+    (bf16 on an AVX2-only CPU)."""
     model = _load(model_dir, "fp32")
-    assert LeanDecoder.for_model(model, 3) is not None
-    lean_replies, lean_logits = _decode_recording(model, monkeypatch, lean=True)
+    with mock.patch.object(decoder, "can_pack", lambda dtype: laid_out and decoder_can_pack(dtype)):
+        lean = LeanDecoder.for_model(model, 3)
+        assert lean is not None and lean.packed == (laid_out and decoder_can_pack(torch.float32))
+        lean_replies, lean_logits = _decode_recording(model, monkeypatch, lean=True)
     plain_replies, plain_logits = _decode_recording(model, monkeypatch, lean=False)
     assert lean_replies == plain_replies
     assert [len(r) for r in lean_replies] == [12] * len(PROMPTS)

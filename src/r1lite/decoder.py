@@ -19,6 +19,7 @@ forward rounds, in the same dtype; tests/test_decoder.py compares the logits and
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -129,7 +130,7 @@ class LeanDecoder:
         self.intermediate = config.intermediate_size
         self.scaling = inner.layers[0].self_attn.scaling
         self.rows = rows
-        self.packed = can_pack()
+        self.packed = can_pack(self.embed.dtype)
         self.layers = []
         for layer in inner.layers:
             attention, mlp = layer.self_attn, layer.mlp
@@ -212,9 +213,20 @@ def _detached(bias: torch.Tensor | None) -> torch.Tensor | None:
     return None if bias is None else bias.detach()
 
 
-def can_pack() -> bool:
-    """Whether this torch can lay linear weights out once for oneDNN (`pack_weight`, `packed_linear`)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+@functools.cache
+def can_pack(dtype: torch.dtype) -> bool:
+    """Whether this torch, on this CPU, lays linear weights of `dtype` out once for oneDNN (`pack_weight`,
+    `packed_linear`). Tried once per dtype on a small weight: oneDNN's bf16 products need AVX-512 (or AVX-NE-CONVERT),
+    so on an AVX2-only CPU bf16 weights stay in torch's layout while fp32 ones are laid out."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    try:
+        weight = torch.ones(8, 8, dtype=dtype)
+        packed_linear(torch.ones(2, 8, dtype=dtype), pack_weight(weight, 2), None)
+    except (RuntimeError, NotImplementedError) as exc:
+        logger.debug("linear weights of %s stay in torch's layout: %s", dtype, exc)
+        return False
+    return True
 
 
 def pack_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:

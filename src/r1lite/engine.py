@@ -94,24 +94,20 @@ def packed_linears(model, rows: int) -> Iterator[int]:
     """Inside this block, every plain `nn.Linear` of a CPU model multiplies by a copy of its weight laid out once
     for oneDNN (for `rows` rows at a time; any number works), made on entry and dropped on exit, so that a weight
     changed between two blocks (a refreshed sampling copy) is laid out afresh. Yields how many layers it packed:
-    none on other devices, without oneDNN, or where a layer's forward is already replaced (accelerate's hooks).
+    none on other devices, without oneDNN, for a dtype this CPU's oneDNN cannot lay out (`can_pack`: bf16 on an
+    AVX2-only CPU), or where a layer's forward is already replaced (accelerate's hooks).
     Calls that need a gradient, or whose input dtype differs, take the plain path. Costs one more copy of the
     packed weights while it lasts."""
-    layers = []
-    if can_pack():
-        layers = [
-            m
-            for m in model.modules()
-            if type(m) is torch.nn.Linear
-            and m.weight.device.type == "cpu"
-            and m.weight.dtype in PACKED_DTYPES
-            and "forward" not in vars(m)
-        ]
-    try:
-        packed = [pack_weight(layer.weight.detach(), rows) for layer in layers]
-    except (RuntimeError, NotImplementedError) as exc:  # a oneDNN build without these kernels (some non-x86 CPUs)
-        logger.debug("decoding with torch's plain linear layers: %s", exc)
-        layers, packed = [], []
+    layers = [
+        m
+        for m in model.modules()
+        if type(m) is torch.nn.Linear
+        and m.weight.device.type == "cpu"
+        and m.weight.dtype in PACKED_DTYPES
+        and can_pack(m.weight.dtype)
+        and "forward" not in vars(m)
+    ]
+    packed = [pack_weight(layer.weight.detach(), rows) for layer in layers]
     for layer, weight in zip(layers, packed, strict=True):
         layer.forward = functools.partial(_packed_linear, layer, weight)
     try:
