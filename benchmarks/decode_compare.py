@@ -1,5 +1,6 @@
 """Shared by benchmarks/packed_weights.py and benchmarks/lean_decoder.py: one GSM8K training prompt (the recipe's
-system prompt) decoded into `--rows` sequences with the embedded model in bf16 through r1lite.engine.decode, two
+system prompt) decoded into `--rows` sequences with the embedded model through r1lite.engine.decode (in the
+precision `r1lite` picks on this CPU unless `--precision` says: bf16 with AVX-512 BF16 or AMX, fp32 elsewhere), two
 ways, alternating which goes first so that drift in the machine's speed hits both. Prints the median tokens/s of
 each, the ratio, and whether greedy decoding picked the same tokens both ways. Sampling at temperature 1.0 uses the
 inverse-CDF draws the CPU trainer uses; no sequence ends early (no end-of-sequence token), so both ways decode the
@@ -26,18 +27,19 @@ def parse_args(doc: str, argv=None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=150, help="tokens per sequence")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dataset", type=Path, default=GSM8K)
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     return p.parse_args(argv)
 
 
-def load(dataset: Path):
-    """The embedded model in bf16 with the grouped attention, and one training prompt's token ids."""
+def load(dataset: Path, precision: str = "auto"):
+    """The embedded model in `precision` with the grouped attention, and one training prompt's token ids."""
     from r1lite.attention import use_grouped_attention
     from r1lite.data import load_prepared
     from r1lite.models import load_model
     from r1lite.prompts import SYSTEM_PROMPT
 
     print(describe(bandwidth=False).line())
-    model, tokenizer = load_model("embedded:smollm2-135m-instruct", "bf16", device="cpu")
+    model, tokenizer = load_model("embedded:smollm2-135m-instruct", precision, device="cpu")
     model.requires_grad_(False)
     model.eval()
     use_grouped_attention(model)
@@ -67,7 +69,8 @@ def compare(
                 slots=rows,
             )
 
-    print(f"prompt {len(prompt)} tokens, {args.tokens} new tokens per sequence, bf16, temperature 1.0")
+    dtype = str(model.dtype).removeprefix("torch.")
+    print(f"prompt {len(prompt)} tokens, {args.tokens} new tokens per sequence, {dtype}, temperature 1.0")
     first, second = (f"{name} tok/s" for name in names)
     print(f"{'rows':>5} {first:>{len(first)}} {second:>{len(second)}} {'ratio':>7}  greedy tokens the same")
     for rows in args.rows:

@@ -24,7 +24,7 @@ def main(argv=None) -> None:
     from r1lite.decoder import LeanDecoder
 
     args = parse_args(__doc__, argv)
-    model, prompt = load(args.dataset)
+    model, prompt = load(args.dataset, args.precision)
     for_model = LeanDecoder.for_model
     assert for_model(model, 8) is not None, "the lean forward does not apply to the embedded model"
 

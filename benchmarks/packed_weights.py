@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     from r1lite.decoder import LeanDecoder
 
     args = parse_args(__doc__, argv)
-    model, prompt = load(args.dataset)
+    model, prompt = load(args.dataset, args.precision)
     packed_linears, for_model = engine.packed_linears, LeanDecoder.for_model
 
     @contextmanager
