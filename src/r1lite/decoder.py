@@ -166,7 +166,7 @@ class LeanDecoder:
             return None
         try:
             return cls(model, rows)
-        except (RuntimeError, NotImplementedError) as exc:  # a oneDNN build that cannot lay these weights out
+        except (RuntimeError, NotImplementedError) as exc:  # a weight oneDNN cannot lay out though can_pack passed
             logger.debug("decoding through transformers' forward: %s", exc)
             return None
 
