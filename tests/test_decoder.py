@@ -9,6 +9,7 @@ import torch
 
 import r1lite.decoder as decoder
 import r1lite.engine as engine
+from r1lite import kernels
 from r1lite.config import ModelArgs
 from r1lite.decoder import LeanDecoder
 from r1lite.decoder import can_pack as decoder_can_pack
@@ -53,15 +54,33 @@ def _load(model_dir, precision: str):
     return model
 
 
-@pytest.mark.parametrize("laid_out", [True, False], ids=["onednn-layout", "torch-layout"])
-def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, monkeypatch, laid_out):
-    """Also with its weights left in torch's layout: what it does where oneDNN cannot lay out the model's dtype
-    (bf16 on an AVX2-only CPU)."""
+WAYS = {  # how the lean forward multiplies by its weights: (kernel allowed, oneDNN layout allowed)
+    "kernel": (True, False),
+    "onednn-layout": (False, True),
+    "torch-layout": (False, False),
+}
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, monkeypatch, way):
+    """Each way the lean forward multiplies: r1lite's compiled kernel (a few rows in fp32), oneDNN with the weights
+    laid out, and torch's layout (where oneDNN cannot lay out the model's dtype: bf16 on an AVX2-only CPU)."""
+    use_kernel, laid_out = WAYS[way]
+    if use_kernel and not kernels.available():
+        pytest.skip("r1lite's compiled kernel is not available on this machine (r1lite/kernels)")
     model = _load(model_dir, "fp32")
-    with mock.patch.object(decoder, "can_pack", lambda dtype: laid_out and decoder_can_pack(dtype)):
+    kernel_calls = []
+    rows_linear = kernels.rows_linear
+    with (
+        mock.patch.object(decoder, "can_pack", lambda dtype: laid_out and decoder_can_pack(dtype)),
+        mock.patch.object(decoder.kernels, "available", lambda: use_kernel),
+        mock.patch.object(decoder.kernels, "rows_linear", lambda *a: kernel_calls.append(1) or rows_linear(*a)),
+    ):
         lean = LeanDecoder.for_model(model, 3)
-        assert lean is not None and lean.packed == (laid_out and decoder_can_pack(torch.float32))
+        assert lean is not None and lean.kernel == use_kernel
+        assert lean.packed == (laid_out and decoder_can_pack(torch.float32))
         lean_replies, lean_logits = _decode_recording(model, monkeypatch, lean=True)
+    assert bool(kernel_calls) == use_kernel
     plain_replies, plain_logits = _decode_recording(model, monkeypatch, lean=False)
     assert lean_replies == plain_replies
     assert [len(r) for r in lean_replies] == [12] * len(PROMPTS)
@@ -118,13 +137,13 @@ def test_lean_forward_steps_aside_where_it_does_not_compute_the_same_thing(tiny_
 
 
 def test_lean_forward_reads_the_weights_as_they_are_when_built(tiny_model_dir):
-    """A decoder holds its own copy of the weights: a sampling copy refreshed between steps needs a new one, and
-    `decode` builds one per call."""
+    """A decoder holds its own copy of the weights it stacks (q/k/v, gate/up): a sampling copy refreshed between
+    steps needs a new one, and `decode` builds one per call."""
     model = _load(tiny_model_dir, "fp32")
     ids = torch.tensor([[1, 5, 9]])
     before = LeanDecoder(model, 1)
     with torch.no_grad():
-        model.model.layers[0].mlp.down_proj.weight.mul_(3)
+        model.model.layers[0].mlp.gate_proj.weight.mul_(3)
     after = LeanDecoder(model, 1)
 
     def last_logits(decoder):

@@ -5,7 +5,9 @@ matrix products alone but by the operations and module calls around them, each w
 computes the same function with fewer and larger operations and no module calls:
 
 - the query, key and value projections multiply by one weight (their three stacked), as do the gate and up
-  projections, each laid out once for oneDNN (`torch.ops.mkldnn._reorder_linear_weight`) for the whole call;
+  projections; at a few rows in fp32 its decoding steps multiply with r1lite's compiled kernel
+  (`r1lite.kernels.rows_linear`, where it can be built), otherwise each weight is laid out once for oneDNN
+  (`torch.ops.mkldnn._reorder_linear_weight`) for the whole call;
 - the rotary embedding turns queries and keys together, swapping the two halves of each head with one `flip`;
 - attention is `r1lite.attention.grouped_attention`, over the `SlotCache` as it stands;
 - nothing goes through module calls, hooks or keyword plumbing.
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from r1lite import kernels
 from r1lite.attention import grouped_attention
 
 logger = logging.getLogger(__name__)
@@ -116,8 +119,10 @@ class LeanDecoder:
     """The forward `r1lite.engine.decode` calls, for a model `for_model` accepts: (B, Q) tokens, their positions,
     a (B, 1, Q, W) additive mask and a `SlotCache` aimed where the new keys go, to the last position's logits (B, V).
 
-    Holds a copy of the weights (stacked, and laid out for oneDNN where it can), made once: build one per `decode`
-    call, so that a model whose weights changed in between (a refreshed sampling copy) is read afresh."""
+    Holds copies of the weights it stacks (q/k/v, gate/up), and of every weight where it lays them out for oneDNN,
+    made once: build one per `decode` call, so that a model whose weights changed in between (a refreshed sampling
+    copy) is read afresh. With few rows in fp32 (`rows` at most `r1lite.kernels.MAX_ROWS`) its decoding steps
+    multiply with r1lite's compiled kernel where it is available, reading the other weights where they are."""
 
     def __init__(self, model, rows: int):
         config = model.config
@@ -130,7 +135,10 @@ class LeanDecoder:
         self.intermediate = config.intermediate_size
         self.scaling = inner.layers[0].self_attn.scaling
         self.rows = rows
-        self.packed = can_pack(self.embed.dtype)
+        # A few rows in fp32: r1lite's compiled kernel reads the weights as they are. Otherwise oneDNN's product
+        # from weights laid out for it, where this CPU's oneDNN can (`can_pack`).
+        self.kernel = rows <= kernels.MAX_ROWS and self.embed.dtype == torch.float32 and kernels.available()
+        self.packed = not self.kernel and can_pack(self.embed.dtype)
         self.layers = []
         for layer in inner.layers:
             attention, mlp = layer.self_attn, layer.mlp
@@ -174,7 +182,11 @@ class LeanDecoder:
         return pack_weight(weight.contiguous(), self.rows) if self.packed else weight
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return packed_linear(x, weight, bias) if self.packed else F.linear(x, weight, bias)
+        if self.packed:
+            return packed_linear(x, weight, bias)
+        if self.kernel and x.numel() <= kernels.MAX_ROWS * x.shape[-1]:  # decoding steps; prefills go to F.linear
+            return kernels.rows_linear(x, weight, bias)
+        return F.linear(x, weight, bias)
 
     @staticmethod
     def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -1,0 +1,82 @@
+"""A compiled product for decoding on a CPU: `rows_linear(x, weight, bias)`, x @ weight.T + bias for a few rows.
+
+At the handful of sequences a GRPO group decodes, each step's products are bound by how fast the weights stream
+from memory. On an AVX2 CPU in fp32, oneDNN's product with its weights laid out (`r1lite.decoder.pack_weight`)
+streamed them at 10-12 GB/s where a plain read of the same bytes ran at 23-27 GB/s; this kernel
+(`rows_linear.cpp`: one pass over each weight row, software prefetch) streamed them at 15-18 GB/s
+(benchmarks/rows_linear.py). It computes in fp32 with fused multiply-adds, summing in another order than oneDNN,
+so results agree to fp32 rounding.
+
+It is optional. It is compiled on first use with torch's C++ extension builder (a C++ compiler and ninja), once
+per torch version, into torch's extension cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions).
+`available()` is False, and r1lite decodes with oneDNN's products as before, where it cannot be had: not an x86
+CPU with AVX2 and FMA, no compiler, a failed build, or ``R1LITE_KERNELS=0`` in the environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("rows_linear.cpp")
+FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads
+# Rows of x up to which the kernel is used. On an AVX2 CPU in fp32 (benchmarks/rows_linear.py) it took a step's
+# products at 1-8 rows in 0.7x the time of oneDNN's, tied at 16 and lost at 32, where the products turn from
+# streaming the weights to computing.
+MAX_ROWS = 8
+
+
+def _why_not() -> str | None:
+    if os.environ.get("R1LITE_KERNELS", "1") == "0":
+        return "R1LITE_KERNELS=0"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"not an x86 CPU ({platform.machine()})"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):  # torch's own reading of the CPU: AVX2 includes FMA
+        return f"the CPU lacks AVX2/FMA (torch reads {capability})"
+    return None
+
+
+@functools.cache
+def _module():
+    reason = _why_not()
+    if reason is not None:
+        logger.debug("r1lite's decoding kernel is not used: %s", reason)
+        return None
+    from torch.utils.cpp_extension import get_default_build_root, load
+
+    tag = f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}"
+    build = Path(get_default_build_root()) / "r1lite" / f"rows_linear-{tag}"
+    if not any(build.glob("*.so")):
+        logger.info("Compiling r1lite's decoding kernel for this CPU, once (about 30 s, into %s)", build)
+    try:
+        build.mkdir(parents=True, exist_ok=True)
+        return load(
+            name="r1lite_rows_linear",
+            sources=[str(SOURCE)],
+            extra_cflags=FLAGS,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build),
+        )
+    except Exception as exc:  # no compiler, no ninja, a failed build: decode with oneDNN's products instead
+        logger.info("r1lite's decoding kernel could not be built, decoding without it: %s", str(exc)[-500:])
+        return None
+
+
+def available() -> bool:
+    """Whether `rows_linear` can run here (compiles the kernel on first call)."""
+    return _module() is not None
+
+
+def rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) @ weight (N, K).T + bias (N,), fp32 CPU tensors, weight contiguous; no backward.
+    Call only where `available()`."""
+    return _module().rows_linear(x, weight, bias)
