@@ -53,7 +53,7 @@ def median_ms(step, repeats: int) -> float:
 
 def main() -> None:
     from r1lite import kernels
-    from r1lite.decoder import can_pack, pack_weight, packed_linear
+    from r1lite.decoder import can_pack, pack_weight
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 8, 16, 32])
@@ -73,21 +73,31 @@ def main() -> None:
         f"weights per step {step_bytes / 1e6:.0f} MB; copy bandwidth {machine.bandwidth_gbs:.1f} GB/s;"
         f" a plain read (sum) of as many bytes {read_ms:.1f} ms ({step_bytes / read_ms / 1e6:.1f} GB/s)"
     )
-    print(f"{'rows':>4} {'F.linear ms':>12} {'oneDNN ms':>10} {'kernel ms':>10} {'GB/s':>6}  kernel vs oneDNN, F.linear")
+    header = f"{'rows':>4} {'F.linear ms':>12} {'oneDNN ms':>10} {'kernel ms':>10} {'GB/s':>6}"
+    print(header + "  kernel: vs oneDNN, F.linear")
     for rows in args.rows:
-        inputs = {fan_in: torch.randn(rows, fan_in) for fan_in, _, _ in STACKED_SHAPES}
-        ways = {
-            "F.linear": lambda: [F.linear(inputs[w.shape[1]], w) for w in plain],
-            "kernel": lambda: [kernels.rows_linear(inputs[w.shape[1]], w) for w in kernel],
-        }
-        if packed is not None:
-            ways["oneDNN"] = lambda: [packed_linear(inputs[w.shape[1]], p, None) for w, p in zip(plain, packed)]
-        ms = {name: median_ms(way, args.repeats) for name, way in ways.items()}
-        onednn = ms.get("oneDNN", float("nan"))
+        ms = time_ways(rows, plain, packed, kernel, args.repeats)
+        onednn, mine = ms.get("oneDNN", float("nan")), ms["kernel"]
         print(
-            f"{rows:>4} {ms['F.linear']:>12.1f} {onednn:>10.1f} {ms['kernel']:>10.1f}"
-            f" {step_bytes / ms['kernel'] / 1e6:>6.1f}  {onednn / ms['kernel']:.2f}x, {ms['F.linear'] / ms['kernel']:.2f}x"
+            f"{rows:>4} {ms['F.linear']:>12.1f} {onednn:>10.1f} {mine:>10.1f} {step_bytes / mine / 1e6:>6.1f}"
+            f"  {onednn / mine:.2f}x, {ms['F.linear'] / mine:.2f}x"
         )
+
+
+def time_ways(rows: int, plain, packed, kernel, repeats: int) -> dict[str, float]:
+    """Median ms of one step's products at `rows` rows, each way reading its own copy of the weights."""
+    from r1lite import kernels
+    from r1lite.decoder import packed_linear
+
+    inputs = {fan_in: torch.randn(rows, fan_in) for fan_in, _, _ in STACKED_SHAPES}
+    ways = {
+        "F.linear": lambda: [F.linear(inputs[w.shape[1]], w) for w in plain],
+        "kernel": lambda: [kernels.rows_linear(inputs[w.shape[1]], w) for w in kernel],
+    }
+    if packed is not None:
+        pairs = list(zip(plain, packed, strict=True))
+        ways["oneDNN"] = lambda: [packed_linear(inputs[w.shape[1]], p, None) for w, p in pairs]
+    return {name: median_ms(way, repeats) for name, way in ways.items()}
 
 
 if __name__ == "__main__":
