@@ -12,6 +12,7 @@ from trl import GRPOConfig, GRPOTrainer
 from r1lite.attention import GROUPED_ATTENTION
 from r1lite.cpu_fast_path import FAST_PATH_PARTS, CPUFastGRPOTrainer, CPULogProbs, fast_sampling
 from r1lite.data import prepare
+from r1lite.decoder import LeanDecoder
 from r1lite.models import lora_config, lora_layers, merged_copy, refresh_merged
 from r1lite.timing import PHASES
 from r1lite.trl_compat import cpu_lm_head, trl_log_probs_function
@@ -115,19 +116,30 @@ def fast_run(tmp_path_factory, tiny_model_dir, gsm8k_rows):
 
     dataset, _ = prepare(gsm8k_rows[:16])
     # Count the calls of each part: a renamed TRL internal would make a part silently stop applying.
-    calls = {"grouped_attention": 0}
+    calls = {"grouped_attention": 0, "lean_decoder": 0}
     real = attention.grouped_attention
+    lean_call = LeanDecoder.__call__
 
     def counted(*args, **kwargs):
         calls["grouped_attention"] += 1
         return real(*args, **kwargs)
 
+    def counted_lean(*args):
+        calls["lean_decoder"] += 1
+        return lean_call(*args)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(attention, "grouped_attention", counted)  # what use_grouped_attention registers
+        patch.setattr(LeanDecoder, "__call__", counted_lean)
         trainer = CPUFastGRPOTrainer(
             model=str(tiny_model_dir),
             reward_funcs=[length_reward],
-            args=_grpo_args(tmp_path_factory.mktemp("fast")),
+            # As `r1lite train` runs it: gradient checkpointing, which hooks the model's input embeddings.
+            args=_grpo_args(
+                tmp_path_factory.mktemp("fast"),
+                gradient_checkpointing=True,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            ),
             train_dataset=dataset,
             peft_config=lora_config(4, 8, 0.0, TARGETS),
         )
@@ -157,8 +169,9 @@ def test_every_part_of_the_fast_path_engaged(fast_run):
     assert 2 <= fast_run.sampler.calls <= 2 * 8 and torch.multinomial.__module__ == "torch"
     # CPU log-probs: the reference pass and the loss forward of each of the 2 steps.
     assert fast_run.log_probs.calls >= 4
-    # slot decoding: the engine drew each step's completions.
+    # slot decoding: the engine drew each step's completions, through the lean decoder.
     assert fast_run.slot_decodes == 2
+    assert fast_run.test_calls["lean_decoder"] > 0
     # shared prompts: the reference pass and the loss forward of each step ran each prompt once.
     assert fast_run.shared_prompt_passes == 4
     # grouped attention, in sampling and in the loss passes.

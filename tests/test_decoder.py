@@ -108,6 +108,12 @@ def test_lean_forward_steps_aside_where_it_does_not_compute_the_same_thing(tiny_
     peft_model = get_peft_model(llama, lora_config(4, 8, 0.0, ["q_proj", "v_proj"]))
     assert LeanDecoder.for_model(peft_model, 2) is None  # an adapter left unmerged
     assert LeanDecoder.for_model(merged_copy(peft_model), 2) is not None  # the trainer's sampling copy
+    # ... as the trainer leaves it: gradient checkpointing makes the embeddings' output require grad, by a hook the
+    # copy drops and the training model keeps.
+    peft_model.enable_input_require_grads()
+    assert LeanDecoder.for_model(merged_copy(peft_model), 2) is not None
+    ids = torch.tensor([[1, 5, 9]])
+    assert peft_model.get_input_embeddings()(ids).requires_grad
 
     hooked = _load(tiny_model_dir, "fp32")
     hooked.model.layers[0].mlp.register_forward_hook(lambda *args: None)

@@ -373,7 +373,26 @@ def merged_copy(model: PeftModel) -> PreTrainedModel:
     merged.requires_grad_(False)
     if getattr(merged, "is_gradient_checkpointing", False):
         merged.gradient_checkpointing_disable()
+    _drop_input_grad_hooks(merged)
     return merged
+
+
+# What transformers' `enable_input_require_grads` and PEFT's fallback name the hook that makes the input embeddings'
+# output require grad (gradient checkpointing with frozen embeddings, which TRL turns on for an adapter).
+INPUT_GRAD_HOOKS = ("make_inputs_require_grads", "make_inputs_require_grad")
+
+
+def _drop_input_grad_hooks(copy_: torch.nn.Module) -> None:
+    """A generation-only copy needs no gradient at its inputs, and a hook on its embeddings would keep it from the
+    lean decoder (`r1lite.decoder`). The deep copy's handles to those hooks still point at the training model's
+    hook tables, so the copy's hooks are deleted from its own tables and the handles forgotten, never `remove()`d."""
+    for module in copy_.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__name__", None) in INPUT_GRAD_HOOKS:
+                del module._forward_hooks[key]
+        if getattr(module, "_require_grads_hooks", None):
+            module._require_grads_hooks = []
+        vars(module).pop("_require_grads_hook", None)
 
 
 @torch.no_grad()
