@@ -179,7 +179,8 @@ class LeanDecoder:
             return None
 
     def _pack(self, weight: torch.Tensor) -> torch.Tensor:
-        return pack_weight(weight.contiguous(), self.rows) if self.packed else weight
+        weight = weight.contiguous()  # a no-op for a module's own weight; the kernel reads rows front to back
+        return pack_weight(weight, self.rows) if self.packed else weight
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.packed:

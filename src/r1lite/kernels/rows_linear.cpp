@@ -4,7 +4,7 @@
 // arithmetic. This kernel reads each weight row once, front to back, and multiplies it into up to eight rows of x
 // held in the first-level cache, prefetching the weights a fixed distance ahead of where it reads. The output
 // columns are split across torch's threads in contiguous blocks, so each thread streams one contiguous range.
-// Built on first use by r1lite.fast_linear (torch.utils.cpp_extension); never required: without a compiler,
+// Built on first use by r1lite.kernels (torch.utils.cpp_extension); never required: without a compiler,
 // r1lite decodes with oneDNN's products instead.
 #include <ATen/Parallel.h>
 #include <immintrin.h>
