@@ -54,7 +54,8 @@ def _module():
     from torch.utils.cpp_extension import get_default_build_root, load
 
     tag = f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}"
-    build = Path(get_default_build_root()) / "r1lite" / f"rows_linear-{tag}"
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()  # where torch's builder looks
+    build = Path(root) / "r1lite" / f"rows_linear-{tag}"
     if not any(build.glob("*.so")):
         logger.info("Compiling r1lite's decoding kernel for this CPU, once (about 30 s, into %s)", build)
     try:
