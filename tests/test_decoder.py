@@ -69,18 +69,22 @@ def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, m
     if use_kernel and not kernels.available():
         pytest.skip("r1lite's compiled kernel is not available on this machine (r1lite/kernels)")
     model = _load(model_dir, "fp32")
-    kernel_calls = []
-    rows_linear = kernels.rows_linear
+    kernel_calls, step_calls = [], []
+    rows_linear, decode_layers = kernels.rows_linear, kernels.decode_layers
     with (
         mock.patch.object(decoder, "can_pack", lambda dtype: laid_out and decoder_can_pack(dtype)),
         mock.patch.object(decoder.kernels, "available", lambda: use_kernel),
         mock.patch.object(decoder.kernels, "rows_linear", lambda *a: kernel_calls.append(1) or rows_linear(*a)),
+        mock.patch.object(decoder.kernels, "decode_layers", lambda *a: step_calls.append(1) or decode_layers(*a)),
     ):
         lean = LeanDecoder.for_model(model, 3)
         assert lean is not None and lean.kernel == use_kernel
         assert lean.packed == (laid_out and decoder_can_pack(torch.float32))
         lean_replies, lean_logits = _decode_recording(model, monkeypatch, lean=True)
     assert bool(kernel_calls) == use_kernel
+    # With the kernel, every decoding step runs its layers in one compiled call: two waves of 11 steps after their
+    # prefills (12 tokens, the first from the prefill), three prompts in the three slots, then the fourth.
+    assert len(step_calls) == (2 * 11 if use_kernel else 0)
     plain_replies, plain_logits = _decode_recording(model, monkeypatch, lean=False)
     assert lean_replies == plain_replies
     assert [len(r) for r in lean_replies] == [12] * len(PROMPTS)

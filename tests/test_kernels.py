@@ -75,3 +75,103 @@ def test_the_kernel_is_optional():
             assert not kernels.available()
     finally:
         kernels._module.cache_clear()
+
+
+def _layers_reference(x, weights, eps, keys, values, cos, sin, columns, mask, heads, kv_heads, scaling):
+    """What `decode_layers` computes, in torch operations (keys and values written in place as the kernel does)."""
+    batch, dim = len(x), keys[0].shape[-1]
+    half = dim // 2
+
+    def norm(t, weight, e):
+        return weight * (t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + e))
+
+    def linear(t, weight, bias):
+        return F.linear(t, weight, bias if bias.numel() else None)
+
+    for index in range(len(keys)):
+        norm1, qkv_w, qkv_b, o_w, o_b, norm2, gu_w, gu_b, down_w, down_b = weights[index * 10 : index * 10 + 10]
+        qkv = linear(norm(x, norm1, eps[2 * index]), qkv_w, qkv_b).view(batch, heads + 2 * kv_heads, dim)
+        qk = qkv[:, : heads + kv_heads]
+        qk = qk * cos[:, None] + torch.cat([qk[..., half:], qk[..., :half]], -1) * sin[:, None]
+        rows = torch.arange(batch)
+        keys[index][rows, :, columns] = qk[:, heads:]
+        values[index][rows, :, columns] = qkv[:, heads + kv_heads :]
+        query = qk[:, :heads].reshape(batch, kv_heads, heads // kv_heads, dim)
+        scores = query @ keys[index].transpose(2, 3) * scaling + mask[:, None, None, :]
+        out = (torch.softmax(scores, -1) @ values[index]).reshape(batch, heads * dim)
+        x = x + linear(out, o_w, o_b)
+        gate, up = linear(norm(x, norm2, eps[2 * index + 1]), gu_w, gu_b).chunk(2, -1)
+        x = x + linear(F.silu(gate) * up, down_w, down_b)
+    return x
+
+
+def _layers_inputs(batch, hidden, heads, kv_heads, dim, intermediate, width, layers, biases):
+    torch.manual_seed(batch * 100 + dim + width)
+
+    def weight(out, fan_in):
+        return torch.randn(out, fan_in) / fan_in**0.5
+
+    def bias(out):
+        return torch.randn(out) * 0.1 if biases else torch.empty(0)
+
+    weights = []
+    for _ in range(layers):
+        qkv = (heads + 2 * kv_heads) * dim
+        weights += [torch.rand(hidden) + 0.5, weight(qkv, hidden), bias(qkv), weight(hidden, heads * dim), bias(hidden)]
+        weights += [torch.rand(hidden) + 0.5, weight(2 * intermediate, hidden), bias(2 * intermediate)]
+        weights += [weight(hidden, intermediate), bias(hidden)]
+    keys = [torch.randn(batch, kv_heads, width, dim) for _ in range(layers)]
+    values = [torch.randn(batch, kv_heads, width, dim) for _ in range(layers)]
+    angles = torch.rand(batch, dim) * 6
+    sin = angles.sin()
+    sin[:, : dim // 2] *= -1
+    columns = torch.randint(0, width, (batch,))
+    allowed = torch.rand(batch, width) < 0.6
+    allowed[torch.arange(batch), columns] = True  # a sequence always sees its own new key
+    mask = torch.zeros(batch, width).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    x = torch.randn(batch, hidden)
+    return x, weights, [1e-5, 1e-6] * layers, keys, values, angles.cos(), sin, columns, mask
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("batch", "hidden", "heads", "kv_heads", "dim", "intermediate", "width", "biases"),
+    [
+        (8, 576, 9, 3, 64, 1536, 256, False),  # the embedded model's shapes, a GRPO group's eight sequences
+        (3, 40, 4, 2, 12, 24, 37, True),  # a head width and a cache width that are not multiples of 8; biases
+        (1, 32, 4, 4, 8, 64, 1, True),  # one sequence, one column; no grouping of query heads
+    ],
+)
+def test_decode_layers_computes_what_torch_computes(batch, hidden, heads, kv_heads, dim, intermediate, width, biases):
+    inputs = _layers_inputs(batch, hidden, heads, kv_heads, dim, intermediate, width, 2, biases)
+    x, weights, eps, keys, values, cos, sin, columns, mask = inputs
+    cache = ([k.clone() for k in keys], [v.clone() for v in values])
+    scaling = dim**-0.5
+    expected = _layers_reference(x.clone(), weights, eps, *cache, cos, sin, columns, mask, heads, kv_heads, scaling)
+    got = kernels.decode_layers(x, weights, eps, keys, values, cos, sin, columns, mask, heads, kv_heads, scaling)
+    assert got.data_ptr() == x.data_ptr()  # in place
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    for mine, theirs in zip(keys + values, cache[0] + cache[1], strict=True):  # the new column written, no other
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_decode_layers_refuses_inputs_that_do_not_fit():
+    inputs = _layers_inputs(2, 32, 4, 2, 8, 64, 16, 1, False)
+    x, weights, eps, keys, values, cos, sin, columns, mask = inputs
+
+    def call(**changed):
+        given = dict(x=x, weights=weights, eps=eps, keys=keys, values=values, cos=cos, sin=sin, columns=columns)
+        given = {**given, "mask": mask, **changed}
+        return kernels.decode_layers(*given.values(), 4, 2, 0.35)
+
+    with pytest.raises(RuntimeError, match="column outside"):
+        call(columns=torch.tensor([0, 16]))
+    with pytest.raises(RuntimeError, match="cache"):
+        call(values=[values[0][:, :, :8]])
+    with pytest.raises(RuntimeError, match="weights per layer"):
+        call(weights=weights[:-1])
+    with pytest.raises(RuntimeError, match="mask"):
+        call(mask=mask[:, :8])
+    with pytest.raises(RuntimeError, match="fp32"):
+        call(x=x.double())

@@ -160,6 +160,17 @@ class LeanDecoder:
                     down_bias=_detached(mlp.down_proj.bias),
                 )
             )
+        if self.kernel:  # decoding steps run every layer in one call (kernels.decode_layers)
+            none = self.embed.new_empty(0)
+            self.flat = [
+                none if t is None else t.contiguous()
+                for layer in self.layers
+                for t in (
+                    *(layer.norm1, layer.qkv, layer.qkv_bias, layer.o, layer.o_bias),
+                    *(layer.norm2, layer.gate_up, layer.gate_up_bias, layer.down, layer.down_bias),
+                )
+            ]
+            self.eps = [eps for layer in self.layers for eps in (layer.norm1_eps, layer.norm2_eps)]
         self.norm = inner.norm.weight.detach()
         self.norm_eps = inner.norm.variance_epsilon
         self.head = self._pack(model.lm_head.weight.detach())
@@ -197,6 +208,10 @@ class LeanDecoder:
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         batch, length = tokens.shape
+        if self.kernel and length == 1:
+            columns = cache.step_columns(len(self.layers))
+            if columns is not None:
+                return self._compiled_step(tokens, mask, positions, cache, columns)
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         half = dim // 2
         x = F.embedding(tokens, self.embed)
@@ -220,6 +235,31 @@ class LeanDecoder:
             x = x + self._linear(gated, layer.down, layer.down_bias)
         last = self._norm(x[:, -1], self.norm, self.norm_eps)
         return self._linear(last, self.head, self.head_bias)
+
+
+    def _compiled_step(self, tokens, mask, positions, cache, columns) -> torch.Tensor:
+        """A decoding step with every layer in one compiled call (`r1lite.kernels.decode_layers`), which writes the
+        new keys and values into the cache itself."""
+        half = self.head_dim // 2
+        x = F.embedding(tokens[:, 0], self.embed)  # (B, hidden), a fresh tensor the call updates in place
+        cos, sin = self.rotary(x[:, None], positions)
+        cos = cos[:, 0].contiguous()
+        sin = torch.cat([-sin[:, 0, :half], sin[:, 0, half:]], dim=-1)
+        x = kernels.decode_layers(
+            x,
+            self.flat,
+            self.eps,
+            cache.keys,
+            cache.values,
+            cos,
+            sin,
+            columns,
+            mask.reshape(len(x), -1).contiguous(),
+            self.heads,
+            self.kv_heads,
+            self.scaling,
+        )
+        return self._linear(self._norm(x, self.norm, self.norm_eps), self.head, self.head_bias)
 
 
 def _detached(bias: torch.Tensor | None) -> torch.Tensor | None:

@@ -226,6 +226,17 @@ class SlotCache:
         rows = torch.arange(self.slots, device=columns.device) if slots is None else slots
         self._target = (rows[:, None], columns, slots, end)
 
+    def step_columns(self, layers: int) -> torch.Tensor | None:
+        """The column each slot's new key goes to, where the next forward is a decoding step aimed at every slot
+        (one column each) and each of `layers` layers has its tensors (a prefill came first); None otherwise. A
+        forward that writes the cache itself (`r1lite.kernels.decode_layers`) asks this instead of calling `update`."""
+        if self._target is None or len(self.keys) != layers:
+            return None
+        _, columns, slots, _ = self._target
+        if slots is not None or columns.shape[1] != 1:
+            return None
+        return columns[:, 0].contiguous()
+
     def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
         if layer_idx == len(self.keys):
             shape = (self.slots, key_states.shape[1], self.width, key_states.shape[3])

@@ -1,11 +1,18 @@
-"""A compiled product for decoding on a CPU: `rows_linear(x, weight, bias)`, x @ weight.T + bias for a few rows.
+"""r1lite's compiled decoding step for a CPU, fp32 at a few sequences (`decoding.cpp`):
+
+- `rows_linear(x, weight, bias)`: x @ weight.T + bias for a few rows;
+- `decode_layers(...)`: every decoder layer of a Llama-family model for one new token per sequence, in one call
+  (`r1lite.decoder.LeanDecoder` hands it its weights and the `SlotCache`).
 
 At the handful of sequences a GRPO group decodes, each step's products are bound by how fast the weights stream
 from memory. On an AVX2 CPU in fp32, oneDNN's product with its weights laid out (`r1lite.decoder.pack_weight`)
 streamed them at 10-12 GB/s where a plain read of the same bytes ran at 23-27 GB/s; this kernel
-(`rows_linear.cpp`: one pass over each weight row, software prefetch) streamed them at 15-18 GB/s
+(one pass over each weight row, software prefetch) streamed them at 15-18 GB/s
 (benchmarks/rows_linear.py). It computes in fp32 with fused multiply-adds, summing in another order than oneDNN,
-so results agree to fp32 rounding.
+so results agree to fp32 rounding. Between the products, a decoding step runs some forty small torch operations per
+layer (norms, the rotary embedding, the cache write, attention, the gated MLP), each with its fixed cost;
+`decode_layers` runs them as loops over the few rows, with attention reading each cached key and value once for
+the query heads that share it.
 
 It is optional. It is compiled on first use with torch's C++ extension builder (a C++ compiler and ninja), once
 per torch version, into torch's extension cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions).
@@ -26,7 +33,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("rows_linear.cpp")
+SOURCE = Path(__file__).with_name("decoding.cpp")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads
 # Rows of x up to which the kernel is used. On an AVX2 CPU in fp32 (benchmarks/rows_linear.py) it took a step's
 # products at 1-8 rows in 0.7x the time of oneDNN's, tied at 16 and lost at 32, where the products turn from
@@ -55,13 +62,13 @@ def _module():
 
     tag = f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}"
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()  # where torch's builder looks
-    build = Path(root) / "r1lite" / f"rows_linear-{tag}"
+    build = Path(root) / "r1lite" / f"decoding-{tag}"
     if not any(build.glob("*.so")):
         logger.info("Compiling r1lite's decoding kernel for this CPU, once (about 30 s, into %s)", build)
     try:
         build.mkdir(parents=True, exist_ok=True)
         return load(
-            name="r1lite_rows_linear",
+            name="r1lite_decoding",
             sources=[str(SOURCE)],
             extra_cflags=FLAGS,
             extra_ldflags=["-fopenmp"],
@@ -81,3 +88,28 @@ def rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """x (..., K) @ weight (N, K).T + bias (N,), fp32 CPU tensors, weight contiguous; no backward.
     Call only where `available()`."""
     return _module().rows_linear(x, weight, bias)
+
+
+def decode_layers(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    eps: list[float],
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    columns: torch.Tensor,
+    mask: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    scaling: float,
+) -> torch.Tensor:
+    """Every decoder layer for one new token in each of B sequences, in place on x (B, hidden), which it returns.
+
+    `weights`: per layer, in order, the first norm's weight, the stacked q/k/v weight and bias, the output weight
+    and bias, the second norm's weight, the stacked gate/up weight and bias, the down weight and bias (an empty
+    tensor for a missing bias); `eps`: the two norms' epsilons per layer. `keys`, `values`: the cache, per layer
+    (B, kv_heads, W, head_dim), slot b holding sequence b; each new key and value is written at `columns[b]`.
+    `cos`, `sin` (B, head_dim): the rotary embedding at each position, the first half of `sin` negated. `mask`
+    (B, W): additive, 0 where a column may be attended to. All fp32 and contiguous. Call only where `available()`."""
+    return _module().decode_layers(x, weights, eps, keys, values, cos, sin, columns, mask, heads, kv_heads, scaling)
