@@ -236,7 +236,6 @@ class LeanDecoder:
         last = self._norm(x[:, -1], self.norm, self.norm_eps)
         return self._linear(last, self.head, self.head_bias)
 
-
     def _compiled_step(self, tokens, mask, positions, cache, columns) -> torch.Tensor:
         """A decoding step with every layer in one compiled call (`r1lite.kernels.decode_layers`), which writes the
         new keys and values into the cache itself."""
