@@ -1,10 +1,13 @@
-"""Decoding through the lean forward with r1lite's compiled kernel (r1lite.kernels.rows_linear) and without it.
+"""Decoding through the lean forward with r1lite's compiled kernels (r1lite.kernels) against without them.
 
-    python benchmarks/kernel_decode.py                   # 1, 4 and 8 sequences, 150 tokens each, fp32
-    python benchmarks/kernel_decode.py --rows 8 --tokens 200 --repeats 5
+    python benchmarks/kernel_decode.py                    # 1, 4 and 8 sequences, 150 tokens each, fp32
+    python benchmarks/kernel_decode.py --baseline onednn --rows 8 --tokens 200 --repeats 5
 
-The kernel applies in fp32 at up to `r1lite.kernels.MAX_ROWS` sequences; without it the lean forward multiplies
-with oneDNN from weights laid out once per decode call. How the two are timed: benchmarks/decode_compare.py.
+The kernels apply in fp32 at up to `r1lite.kernels.MAX_ROWS` sequences. The second way is what r1lite does: every
+decoding step's layers in one compiled call (`decode_layers`), prefills and the LM head through `rows_linear` or
+`F.linear`. The first way (`--baseline`) is either `products` (the compiled product `rows_linear` for the weights,
+torch's operations between them: r1lite before `decode_layers`) or `onednn` (no kernel at all: oneDNN's products
+from weights laid out once per decode call). How the two are timed: benchmarks/decode_compare.py.
 """
 
 from __future__ import annotations
@@ -20,18 +23,34 @@ from decode_compare import compare, load, parse_args  # noqa: E402
 
 def main(argv=None) -> None:
     from r1lite import kernels
+    from r1lite.engine import SlotCache
 
-    args = parse_args(__doc__, ["--precision", "fp32", "--rows", "1", "4", "8", *(argv or sys.argv[1:])])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    baseline = "products"
+    if "--baseline" in argv:
+        at = argv.index("--baseline")
+        baseline = argv[at + 1]
+        del argv[at : at + 2]
+    if baseline not in ("products", "onednn"):
+        raise SystemExit(f"--baseline is products or onednn, not {baseline!r}")
+    args = parse_args(__doc__, ["--precision", "fp32", "--rows", "1", "4", "8", *argv])
     if not kernels.available():
-        raise SystemExit("r1lite's kernel is not available here (see r1lite/kernels/__init__.py for why not)")
+        raise SystemExit("r1lite's kernels are not available here (see r1lite/kernels/__init__.py for why not)")
     model, prompt = load(args.dataset, args.precision)
 
     @contextmanager
-    def kernel(on: bool):
-        with mock.patch.object(kernels, "available", lambda: on):
+    def compiled(on: bool):
+        if on:
             yield
+        elif baseline == "products":  # no decoding step is offered to decode_layers: torch's ops between products
+            with mock.patch.object(SlotCache, "step_columns", lambda self, layers: None):
+                yield
+        else:
+            with mock.patch.object(kernels, "available", lambda: False):
+                yield
 
-    compare(model, prompt, args, kernel, ("oneDNN", "kernel"))
+    names = {"products": "products only", "onednn": "oneDNN"}
+    compare(model, prompt, args, compiled, (names[baseline], "compiled step"))
 
 
 if __name__ == "__main__":

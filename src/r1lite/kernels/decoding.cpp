@@ -73,7 +73,8 @@ void dot_rows_pair(const float* x, const float* row, const float* bias, float* o
     _mm_prefetch(reinterpret_cast<const char*>(next + k + kPrefetchFloats), _MM_HINT_T0);
     const __m256 w0 = _mm256_loadu_ps(row + k), w1 = _mm256_loadu_ps(next + k);
     for (int m = 0; m < M; ++m) {
-      const __m256 xv = _mm256_loadu_ps(x + m * K + k);
+      __m256 xv = _mm256_loadu_ps(x + m * K + k);
+      asm("" : "+x"(xv));  // held in a register: compilers otherwise fold the load into both multiply-adds
       acc0[m] = _mm256_fmadd_ps(xv, w0, acc0[m]);
       acc1[m] = _mm256_fmadd_ps(xv, w1, acc1[m]);
     }
