@@ -5,8 +5,9 @@ matrix products alone but by the operations and module calls around them, each w
 computes the same function with fewer and larger operations and no module calls:
 
 - the query, key and value projections multiply by one weight (their three stacked), as do the gate and up
-  projections; at a few rows in fp32 its decoding steps multiply with r1lite's compiled kernel
-  (`r1lite.kernels.rows_linear`, where it can be built), otherwise each weight is laid out once for oneDNN
+  projections; in fp32 at up to `r1lite.kernels.MAX_ROWS` sequences (where the kernels can be built) each decoding
+  step runs every layer in one compiled call (`r1lite.kernels.decode_layers`) and the LM head through the compiled
+  product (`rows_linear`); otherwise each weight is laid out once for oneDNN
   (`torch.ops.mkldnn._reorder_linear_weight`) for the whole call;
 - the rotary embedding turns queries and keys together, swapping the two halves of each head with one `flip`;
 - attention is `r1lite.attention.grouped_attention`, over the `SlotCache` as it stands;
@@ -121,8 +122,9 @@ class LeanDecoder:
 
     Holds copies of the weights it stacks (q/k/v, gate/up), and of every weight where it lays them out for oneDNN,
     made once: build one per `decode` call, so that a model whose weights changed in between (a refreshed sampling
-    copy) is read afresh. With few rows in fp32 (`rows` at most `r1lite.kernels.MAX_ROWS`) its decoding steps
-    multiply with r1lite's compiled kernel where it is available, reading the other weights where they are."""
+    copy) is read afresh. In fp32 at up to `r1lite.kernels.MAX_ROWS` rows, where r1lite's kernels are available,
+    each decoding step (one new token per slot, after a prefill) is one compiled call over every layer, which
+    writes the new keys and values into the cache itself; prefills still run layer by layer here."""
 
     def __init__(self, model, rows: int):
         config = model.config
@@ -135,7 +137,7 @@ class LeanDecoder:
         self.intermediate = config.intermediate_size
         self.scaling = inner.layers[0].self_attn.scaling
         self.rows = rows
-        # A few rows in fp32: r1lite's compiled kernel reads the weights as they are. Otherwise oneDNN's product
+        # Up to MAX_ROWS rows in fp32: r1lite's kernels read the weights as they are. Otherwise oneDNN's product
         # from weights laid out for it, where this CPU's oneDNN can (`can_pack`).
         self.kernel = rows <= kernels.MAX_ROWS and self.embed.dtype == torch.float32 and kernels.available()
         self.packed = not self.kernel and can_pack(self.embed.dtype)

@@ -35,10 +35,11 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("decoding.cpp")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads
-# Rows of x up to which the kernel is used. On an AVX2 CPU in fp32 (benchmarks/rows_linear.py) it took a step's
-# products at 1-8 rows in 0.7x the time of oneDNN's, tied at 16 and lost at 32, where the products turn from
-# streaming the weights to computing.
-MAX_ROWS = 8
+# Sequences up to which a decoding step goes through the kernels. On an AVX2 CPU in fp32 the compiled step decoded
+# 1.9x faster than oneDNN's products with torch's operations between them at 1-8 sequences, 1.48x at 16 and 1.22x
+# at 32 (benchmarks/kernel_decode.py --baseline onednn); `r1lite eval` with 32 slots went from 172 to 219 tok/s.
+# At 32 rows the products alone tie with oneDNN's (benchmarks/rows_linear.py): more sequences decode through oneDNN.
+MAX_ROWS = 32
 
 
 def _why_not() -> str | None:
