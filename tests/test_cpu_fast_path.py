@@ -220,14 +220,24 @@ def _draw(trainer, prompt_ids):
     return trainer._generate_single_turn(prompt_ids, None, {}, 4)
 
 
+def _spread_logits(trainer, factor: float = 8.0) -> None:
+    """Scale the (tied) embeddings, and so the logits: the tiny random model's logits are nearly equal over its whole
+    vocabulary (std 0.1), where top-p's sort reorders near-equal probabilities on fp32 rounding alone."""
+    with torch.no_grad():
+        trainer.model.get_input_embeddings().weight.mul_(factor)
+
+
 def test_slot_decoding_draws_what_trls_generate_draws(tmp_path, tiny_model_dir, gsm8k_rows):
     """Same weights, seed and settings (temperature, top-p): the engine's completions are TRL's, token for token.
-    The tiny random model never ends a completion early, so both loops draw the same random numbers."""
+    The tiny random model never ends a completion early, so both loops draw the same random numbers. The two
+    forwards round differently in fp32 (logits 1e-7 apart), so the logits are spread out first (`_spread_logits`)."""
     prompt_ids = [[5, 17, 230, 9]] * 4 + [[5, 17, 41]] * 4  # two prompts, 4 completions each, as TRL lays them out
     settings = {"max_completion_length": 6, "temperature": 0.7, "top_p": 0.9}
     everything = _sampler(tmp_path / "engine", tiny_model_dir, gsm8k_rows, FAST_PATH_PARTS, **settings)
     without = tuple(part for part in FAST_PATH_PARTS if part != "slot_decoding")
     trl_generate = _sampler(tmp_path / "trl", tiny_model_dir, gsm8k_rows, without, **settings)
+    _spread_logits(everything)
+    _spread_logits(trl_generate)
     drawn, logprobs = _draw(everything, prompt_ids)
     assert everything.slot_decodes == 1 and logprobs is None
     expected, _ = _draw(trl_generate, prompt_ids)
