@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("decoding.cpp")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads
 # Sequences up to which a decoding step goes through the kernels. On an AVX2 CPU in fp32 the compiled step decoded
-# 1.9x faster than oneDNN's products with torch's operations between them at 1-8 sequences, 1.48x at 16 and 1.22x
+# 1.9x faster than oneDNN's products with torch's operations between them at 1-8 sequences, 1.45x at 16 and 1.23x
 # at 32 (benchmarks/kernel_decode.py --baseline onednn); `r1lite eval` with 32 slots went from 172 to 219 tok/s.
 # At 32 rows the products alone tie with oneDNN's (benchmarks/rows_linear.py): more sequences decode through oneDNN.
 MAX_ROWS = 32
