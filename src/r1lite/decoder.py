@@ -217,10 +217,8 @@ class LeanDecoder:
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         half = dim // 2
         x = F.embedding(tokens, self.embed)
-        cos, sin = self.rotary(x, positions)  # (B, Q, D) each, in x's dtype
-        cos = cos[:, :, None]
-        # rotate_half(t) * sin == flip(halves of t) * (-sin_1, sin_2): one flip turns queries and keys together.
-        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
+        cos, sin = self._turns(x, positions)
+        cos, sin = cos[:, :, None], sin[:, :, None]
         for index, layer in enumerate(self.layers):
             h = self._norm(x, layer.norm1, layer.norm1_eps)
             qkv = self._linear(h, layer.qkv, layer.qkv_bias).view(batch, length, heads + 2 * kv_heads, dim)
@@ -238,14 +236,19 @@ class LeanDecoder:
         last = self._norm(x[:, -1], self.norm, self.norm_eps)
         return self._linear(last, self.head, self.head_bias)
 
+    def _turns(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary embedding's cos and sin at `positions` (B, Q, D each, in x's dtype), sin with its first half
+        negated: rotate_half(t) * sin == swap_halves(t) * (-sin_1, sin_2), so one swap turns queries and keys."""
+        cos, sin = self.rotary(x, positions)
+        half = self.head_dim // 2
+        return cos, torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
     def _compiled_step(self, tokens, mask, positions, cache, columns) -> torch.Tensor:
         """A decoding step with every layer in one compiled call (`r1lite.kernels.decode_layers`), which writes the
         new keys and values into the cache itself."""
-        half = self.head_dim // 2
         x = F.embedding(tokens[:, 0], self.embed)  # (B, hidden), a fresh tensor the call updates in place
-        cos, sin = self.rotary(x[:, None], positions)
-        cos = cos[:, 0].contiguous()
-        sin = torch.cat([-sin[:, 0, :half], sin[:, 0, half:]], dim=-1)
+        cos, sin = self._turns(x[:, None], positions)
+        cos, sin = cos[:, 0].contiguous(), sin[:, 0].contiguous()
         x = kernels.decode_layers(
             x,
             self.flat,

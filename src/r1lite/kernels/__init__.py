@@ -65,7 +65,7 @@ def _module():
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()  # where torch's builder looks
     build = Path(root) / "r1lite" / f"decoding-{tag}"
     if not any(build.glob("*.so")):
-        logger.info("Compiling r1lite's decoding kernel for this CPU, once (about 30 s, into %s)", build)
+        logger.info("Compiling r1lite's decoding kernels for this CPU, once (about 40 s, into %s)", build)
     try:
         build.mkdir(parents=True, exist_ok=True)
         return load(

@@ -1,10 +1,10 @@
 // r1lite's compiled decoding step for a CPU: fp32, x86 with AVX2 and FMA, a few sequences at a time.
 //
 // rows_linear: y = x @ w.T + bias for a few rows of x (a decoding step's sequences). At a handful of rows a
-// decoding step's products are bound by how fast the weights stream from memory, not by arithmetic. It reads each
-// weight row once, front to back, and multiplies it into up to eight rows of x held in the first-level cache,
-// prefetching the weights a fixed distance ahead of where it reads. The output columns are split across torch's
-// threads in contiguous blocks, so each thread streams one contiguous range.
+// decoding step's products are bound by how fast the weights stream from memory, not by arithmetic. It reads the
+// weight rows two at a time, once, front to back, and multiplies them into blocks of four rows of x held in the
+// first-level cache, prefetching the weights a fixed distance ahead of where it reads. The output columns are split
+// across torch's threads in contiguous blocks, so each thread streams one contiguous range.
 //
 // decode_layers: every decoder layer of a Llama-family model for one new token per sequence, in one call: RMS
 // norms, the stacked q/k/v product, the rotary embedding, the write into the key/value cache, attention over the
@@ -262,7 +262,7 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
   const int64_t half = D / 2;
 
   auto options = x.options();
-  torch::Tensor h_t = torch::empty({B, std::max(hidden, heads * D)}, options);
+  torch::Tensor h_t = torch::empty({B, hidden}, options);
   torch::Tensor qkv_t = torch::empty({B, qkv_width}, options);
   torch::Tensor attn_t = torch::empty({B, heads * D}, options);
   torch::Tensor proj_t = torch::empty({B, hidden}, options);
