@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from unittest import mock
 
 import pytest
@@ -75,6 +76,23 @@ def test_the_kernel_is_optional():
             assert not kernels.available()
     finally:
         kernels._module.cache_clear()
+
+
+def test_the_build_finds_the_ninja_installed_beside_python(tmp_path, monkeypatch):
+    """`.venv/bin/r1lite` run without activating the environment: ninja is in .venv/bin, not on PATH."""
+    scripts = tmp_path / "bin"
+    scripts.mkdir()
+    (scripts / "ninja").write_text("#!/bin/sh\n")
+    (scripts / "ninja").chmod(0o755)
+    monkeypatch.setattr("sys.executable", str(scripts / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    kernels._find_ninja()
+    assert os.environ["PATH"].split(os.pathsep)[0] == str(scripts)
+    # Where a ninja is on PATH already, PATH stays as it is.
+    monkeypatch.setenv("PATH", str(scripts))
+    monkeypatch.setattr("sys.executable", str(tmp_path / "other" / "python"))
+    kernels._find_ninja()
+    assert os.environ["PATH"] == str(scripts)
 
 
 def _layers_reference(x, weights, eps, keys, values, cos, sin, columns, mask, heads, kv_heads, scaling):

@@ -34,6 +34,7 @@ import torch
 
 from r1lite.attention import GROUPED_ATTENTION, PromptKV, use_grouped_attention
 from r1lite.engine import decode, masked_attention
+from r1lite.host_memory import release_free_memory
 from r1lite.models import lora_layers, merged_copy, refresh_merged
 from r1lite.timing import TimedGRPOTrainer
 from r1lite.trl_compat import cpu_lm_head, trl_log_probs_function
@@ -155,14 +156,27 @@ class CPUFastGRPOTrainer(TimedGRPOTrainer):
         self.sampler = InverseCDFSampler(torch.multinomial)
         self.slot_decodes = 0  # how many batches the engine sampled: tests check that it engaged
         self.shared_prompt_passes = 0  # how many passes ran each prompt once: likewise
+        self.memory_releases = 0  # how many times freed memory went back to the system (after sampling, after the loss)
         self.log_probs = CPULogProbs(trl_log_probs_function(), self.entropy_bonus_enabled)
 
     def generation_context(self):
         stack = ExitStack()
         stack.enter_context(super().generation_context())
+        # The decoding loop's caches and temporaries go back to the system before the loss pass needs memory.
+        stack.callback(self._release_free_memory)
         if "fast_sampling" in self.parts:
             stack.enter_context(fast_sampling(self.sampler))
         return stack
+
+    def compute_loss(self, *args, **kwargs):
+        loss = super().compute_loss(*args, **kwargs)
+        # The loss forward's temporaries are freed by now; what it keeps for the backward is not.
+        self._release_free_memory()
+        return loss
+
+    def _release_free_memory(self) -> None:
+        self.memory_releases += 1
+        release_free_memory()
 
     def training_step_context(self):
         stack = ExitStack()

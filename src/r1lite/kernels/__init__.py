@@ -14,8 +14,9 @@ layer (norms, the rotary embedding, the cache write, attention, the gated MLP), 
 `decode_layers` runs them as loops over the few rows, with attention reading each cached key and value once for
 the query heads that share it.
 
-It is optional. It is compiled on first use with torch's C++ extension builder (a C++ compiler and ninja), once
-per torch version, into torch's extension cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions).
+It is optional. It is compiled on first use with torch's C++ extension builder (the system's C++ compiler and
+ninja, which r1lite installs beside its Python: it is found there without an activated environment), once per
+torch version, into torch's extension cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions).
 `available()` is False, and r1lite decodes with oneDNN's products as before, where it cannot be had: not an x86
 CPU with AVX2 and FMA, no compiler, a failed build, or ``R1LITE_KERNELS=0`` in the environment.
 """
@@ -26,6 +27,7 @@ import functools
 import logging
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -68,6 +70,7 @@ def _module():
         logger.info("Compiling r1lite's decoding kernels for this CPU, once (about 40 s, into %s)", build)
     try:
         build.mkdir(parents=True, exist_ok=True)
+        _find_ninja()
         return load(
             name="r1lite_decoding",
             sources=[str(SOURCE)],
@@ -76,8 +79,20 @@ def _module():
             build_directory=str(build),
         )
     except Exception as exc:  # no compiler, no ninja, a failed build: decode with oneDNN's products instead
-        logger.info("r1lite's decoding kernel could not be built, decoding without it: %s", str(exc)[-500:])
+        logger.warning(
+            "r1lite's decoding kernels could not be built, so CPU decoding runs without them (slower; "
+            "R1LITE_KERNELS=0 skips the attempt): %s",
+            str(exc)[-500:],
+        )
         return None
+
+
+def _find_ninja() -> None:
+    """Put the running Python's own scripts folder on PATH where ninja is only there: `.venv/bin/r1lite`, run without
+    activating the environment, would otherwise not find the ninja it installed, and decode without the kernels."""
+    scripts = str(Path(sys.executable).parent)
+    if shutil.which("ninja") is None and shutil.which("ninja", path=scripts) is not None:
+        os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
 
 
 def available() -> bool:
