@@ -2,9 +2,9 @@
 
 glibc keeps the blocks a process frees (any below its mmap threshold, which rises to 32 MB once a large block has
 been freed) for later allocations instead of returning them. A GRPO step on a CPU frees a great deal between its
-phases: the decoding loop's caches and temporaries, then the loss pass's activations. Kept, they added about half
-a gigabyte to the resident set of `r1lite train` on the CPU demo's settings, over the first few steps: 3.88 GB at
-step 3 against 3.42 GB with the free blocks returned after each phase (docs/speed.md, "Memory").
+phases: the decoding loop's caches and temporaries, then the loss pass's activations. Kept, they took `r1lite train`
+on the CPU demo's settings to 4.04 GB resident over 11 steps, against 3.47 GB with them handed back after each
+phase (docs/speed.md, "Memory: freed blocks back to the system").
 """
 
 from __future__ import annotations
