@@ -1,6 +1,6 @@
-"""Every trainer callback r1lite installs: metrics.jsonl, a progress bar that shows reward, no-signal warnings,
-periodic held-out evaluation and freed memory handed back to the system after each step. All of them use
-transformers' public callback API only, and only the main process writes anything."""
+"""Every trainer callback r1lite installs: metrics.jsonl, a progress bar that shows reward, no-signal warnings and
+periodic held-out evaluation. All of them use transformers' public callback API only, and only the main process
+writes anything."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
-
-from r1lite.host_memory import release_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -163,13 +161,6 @@ class StepTime(TrainerCallback):
             self.seconds.clear()
 
 
-class ReleaseFreeMemory(TrainerCallback):
-    """After each optimizer step, hand the C heap's free blocks back to the system (r1lite.host_memory)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        release_free_memory()
-
-
 def install(
     trainer, out: Path, reward_names: list[str] | None, patience: int = 0, resumed_step: int = 0, desc: str = "GRPO"
 ) -> None:
@@ -179,7 +170,6 @@ def install(
     trainer.add_callback(StepProgress(desc))
     trainer.add_callback(MarkCompleteCheckpoints())
     trainer.add_callback(RunCard())
-    trainer.add_callback(ReleaseFreeMemory())
     if reward_names is not None:
         trainer.add_callback(SignalWatch(reward_names, patience))
 

@@ -156,27 +156,24 @@ class CPUFastGRPOTrainer(TimedGRPOTrainer):
         self.sampler = InverseCDFSampler(torch.multinomial)
         self.slot_decodes = 0  # how many batches the engine sampled: tests check that it engaged
         self.shared_prompt_passes = 0  # how many passes ran each prompt once: likewise
-        self.memory_releases = 0  # how many times freed memory went back to the system (after sampling, after the loss)
+        self.memory_releases = 0  # how many times freed memory went back to the system before a backward
         self.log_probs = CPULogProbs(trl_log_probs_function(), self.entropy_bonus_enabled)
 
     def generation_context(self):
         stack = ExitStack()
         stack.enter_context(super().generation_context())
-        # The decoding loop's caches and temporaries go back to the system before the loss pass needs memory.
-        stack.callback(self._release_free_memory)
         if "fast_sampling" in self.parts:
             stack.enter_context(fast_sampling(self.sampler))
         return stack
 
     def compute_loss(self, *args, **kwargs):
         loss = super().compute_loss(*args, **kwargs)
-        # The loss forward's temporaries are freed by now; what it keeps for the backward is not.
-        self._release_free_memory()
-        return loss
-
-    def _release_free_memory(self) -> None:
+        # The step's peak comes in the backward. The heap's free blocks (sampling's and the loss forward's
+        # temporaries) go back to the system just before it: once per step, since every page handed back is
+        # faulted in again later (r1lite.host_memory).
         self.memory_releases += 1
         release_free_memory()
+        return loss
 
     def training_step_context(self):
         stack = ExitStack()

@@ -1,10 +1,11 @@
 """Freed host memory handed back to the operating system, so that a process's resident set follows what it holds.
 
 glibc keeps the blocks a process frees (any below its mmap threshold, which rises to 32 MB once a large block has
-been freed) for later allocations instead of returning them. A GRPO step on a CPU frees a great deal between its
-phases: the decoding loop's caches and temporaries, then the loss pass's activations. Kept, they took `r1lite train`
-on the CPU demo's settings to 4.04 GB resident over 11 steps, against 3.47 GB with them handed back after each
-phase (docs/speed.md, "Memory: freed blocks back to the system").
+been freed) for later allocations instead of returning them. A GRPO step on a CPU frees a great deal before its
+backward: the decoding loop's caches and temporaries, then the loss forward's. Kept, they took `r1lite train` on
+the CPU demo's settings to 3.76-4.04 GB resident over 11 steps; handed back before each backward, 3.56 GB. Every
+page handed back is faulted in again when the heap grows, which costs system time (about 0.8 s per step here), so
+the CPU trainer does it once per step (docs/speed.md, "Memory: freed blocks back to the system").
 """
 
 from __future__ import annotations
