@@ -169,8 +169,8 @@ class CPUFastGRPOTrainer(TimedGRPOTrainer):
     def compute_loss(self, *args, **kwargs):
         loss = super().compute_loss(*args, **kwargs)
         # The step's peak comes in the backward. The heap's free blocks (sampling's and the loss forward's
-        # temporaries) go back to the system just before it: once per step, since every page handed back is
-        # faulted in again later (r1lite.host_memory).
+        # temporaries) go back to the system just before it, and only there: every page handed back is faulted in
+        # again later (r1lite.host_memory). Once per micro-batch, so once per step in the CPU recipes.
         self.memory_releases += 1
         release_free_memory()
         return loss

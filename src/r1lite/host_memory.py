@@ -5,7 +5,7 @@ been freed) for later allocations instead of returning them. A GRPO step on a CP
 backward: the decoding loop's caches and temporaries, then the loss forward's. Kept, they took `r1lite train` on
 the CPU demo's settings to 3.76-4.04 GB resident over 11 steps; handed back before each backward, 3.56 GB. Every
 page handed back is faulted in again when the heap grows, which costs system time (about 0.8 s per step here), so
-the CPU trainer does it once per step (docs/speed.md, "Memory: freed blocks back to the system").
+the CPU trainer does it only before each backward (docs/speed.md, "Memory: freed blocks back to the system").
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import os
 import sys
 
 
@@ -35,13 +34,3 @@ def release_free_memory() -> bool:
     """Return the C heap's free pages to the operating system; whether anything was returned (False without glibc)."""
     trim = _malloc_trim()
     return bool(trim and trim(0))
-
-
-def resident_bytes() -> int | None:
-    """This process's resident set size now, in bytes (Linux); None where /proc is not there."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE")
