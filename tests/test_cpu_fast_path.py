@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 from r1lite.attention import GROUPED_ATTENTION
-from r1lite.cpu_fast_path import FAST_PATH_PARTS, CPUFastGRPOTrainer, CPULogProbs, fast_sampling
+from r1lite.callbacks import ReleaseFreeMemory
+from r1lite.cpu_fast_path import FAST_PATH_PARTS, CPUFastGRPOTrainer, CPULogProbs, FusedLoRA, fast_sampling
 from r1lite.data import prepare
 from r1lite.decoder import LeanDecoder
 from r1lite.models import lora_config, lora_layers, merged_copy, refresh_merged
@@ -177,8 +178,13 @@ def test_every_part_of_the_fast_path_engaged(fast_run):
     # grouped attention, in sampling and in the loss passes.
     assert fast_run.test_calls["grouped_attention"] > 0
     assert fast_run.model.config._attn_implementation == GROUPED_ATTENTION
-    # freed memory back to the system before each of the 2 steps' backward.
+    # freed memory back to the system before each of the 2 steps' backward, and after each optimizer step.
     assert fast_run.memory_releases == 2
+    after_steps = [cb for cb in fast_run.callback_handler.callbacks if isinstance(cb, ReleaseFreeMemory)]
+    assert len(after_steps) == 1 and after_steps[0].releases == 2
+    # fused LoRA products in the loss forward (and its replay) of every adapted layer, and PEFT's forward after.
+    assert fast_run.fused_lora.calls >= 2 * len(fast_run.fused_lora.layers) > 0
+    assert not any("forward" in vars(layer) for layer in fast_run.fused_lora.layers)
 
 
 def test_no_part_engages_when_left_out(tmp_path, tiny_model_dir, gsm8k_rows):
@@ -193,7 +199,7 @@ def test_no_part_engages_when_left_out(tmp_path, tiny_model_dir, gsm8k_rows):
     )
     trainer.train()
     assert trainer.merged_model is None and trainer.sampler.calls == 0 and trainer.log_probs.calls == 0
-    assert trainer.slot_decodes == 0 and trainer.shared_prompt_passes == 0
+    assert trainer.slot_decodes == 0 and trainer.shared_prompt_passes == 0 and trainer.fused_lora.calls == 0
     assert trainer.model.config._attn_implementation != GROUPED_ATTENTION
     with pytest.raises(ValueError, match="unknown fast-path parts"):
         CPUFastGRPOTrainer(
@@ -400,6 +406,81 @@ def test_grouped_attention_trains_like_the_default_attention(tiny_model_dir):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     model.config.attention_dropout = 0.1
     assert not use_grouped_attention(model)  # the formula has no dropout
+
+
+# ----------------------------------------------------------------------------------------------- fused LoRA
+
+
+def test_fused_lora_computes_what_peft_computes(lora_model):
+    """Outputs and every gradient (input, LoRA A and B) as PEFT's forward, with a scaling other than 1; PEFT's own
+    forward again once the block ends, and wherever the fused product does not apply."""
+    layers = list(lora_layers(lora_model).values())
+    layer = next(layer for layer in layers if layer.out_features != layer.in_features)
+    assert layer.scaling["default"] == 2.0  # alpha 8, rank 4
+    x = torch.randn(2, 5, layer.in_features)
+
+    def run(fused: FusedLoRA | None):
+        lora_model.zero_grad()
+        x_ = x.clone().requires_grad_(True)
+        if fused is None:
+            out = layer(x_)
+        else:
+            with fused.installed():
+                out = layer(x_)
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        adapter = (layer.lora_A["default"].weight.grad.clone(), layer.lora_B["default"].weight.grad.clone())
+        return out.detach(), x_.grad, adapter
+
+    fused = FusedLoRA(layers)
+    expected, got = run(None), run(fused)
+    assert fused.calls == 1 and "forward" not in vars(layer)
+    torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], expected[1], atol=1e-5, rtol=1e-5)
+    for g, e in zip(got[2], expected[2], strict=True):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+    with fused.installed(), torch.no_grad():
+        with lora_model.disable_adapter():  # the reference pass: the base layer alone, through PEFT
+            torch.testing.assert_close(layer(x), layer.base_layer(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)
+    layer.lora_dropout["default"] = torch.nn.Dropout(0.1).eval()
+    with fused.installed(), torch.no_grad():
+        torch.testing.assert_close(layer(x), expected[0])  # LoRA dropout: PEFT's forward
+    assert fused.calls == 1
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_fused_lora_trains_like_peft(tmp_path, tiny_model_dir, gsm8k_rows, checkpointing):
+    """In the trainer's passes (inside its training step, where the part is installed), with or without gradient
+    checkpointing's replay: the log-probabilities and LoRA gradients of PEFT's forward."""
+    trainer = _sampler(tmp_path, tiny_model_dir, gsm8k_rows, FAST_PATH_PARTS, gradient_checkpointing=checkpointing)
+    model = trainer.model
+    model.train()
+    if checkpointing:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+    ids, mask, completion_mask = _group_batch()
+
+    def run(parts):
+        trainer.parts = parts
+        model.zero_grad()
+        with trainer.training_step_context():
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, 5)
+            (logps * completion_mask).sum().backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+        return logps.detach() * completion_mask, grads
+
+    expected_logps, expected_grads = run(tuple(part for part in FAST_PATH_PARTS if part != "fused_lora"))
+    assert trainer.fused_lora.calls == 0
+    logps, grads = run(FAST_PATH_PARTS)
+    layers = len(trainer.fused_lora.layers)
+    assert trainer.fused_lora.calls == (4 if checkpointing else 2) * layers  # prompt pass, rows pass (+ replays)
+    torch.testing.assert_close(logps, expected_logps, atol=1e-5, rtol=1e-4)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 # ----------------------------------------------------------------------------------------------- shared prompts

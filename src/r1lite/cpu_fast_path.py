@@ -1,6 +1,6 @@
 """The trainer r1lite uses on a CPU: the same GRPO loss and sampling distribution as TRL's, in far less time.
 
-``CPUFastGRPOTrainer`` (a TimedGRPOTrainer, so it logs time/<phase>) turns on six parts, each measured on
+``CPUFastGRPOTrainer`` (a TimedGRPOTrainer, so it logs time/<phase>) turns on seven parts, each measured on
 its own in docs/speed.md:
 
 - ``merged_generation``: completions are sampled from a copy of the model with the LoRA adapter merged into
@@ -15,6 +15,10 @@ its own in docs/speed.md:
   that share it, whose positions then attend to its keys and values (``r1lite.attention.PromptKV``), instead of
   once per completion: the same values, in fewer FLOPs wherever the prompt is a large part of each row (a
   one-shot prompt is two thirds of it). Needs the grouped attention, and non-reentrant checkpointing if any;
+- ``fused_lora``: in the loss forward and the backward (the reference pass runs without the adapter), each LoRA
+  layer adds its adapter's product into the base layer's output in one ``addmm`` (its scaling as addmm's
+  alpha) instead of a matmul, a scaling and an addition over the whole output: two fewer elementwise passes per
+  layer forward, one fewer in its backward, the same values up to rounding. fp32 only (``FusedLoRA``);
 - ``slot_decoding``: the merged copy samples through r1lite.engine's decoding loop (the one eval uses) instead
   of ``generate``: keys written in place rather than concatenated per token, the prompt prefilled once for
   all its completions, and finished completions leaving the batch. Same distribution (temperature, then
@@ -29,10 +33,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 
 import torch
+from torch import nn
 
 from r1lite.attention import GROUPED_ATTENTION, PromptKV, use_grouped_attention
+from r1lite.callbacks import ReleaseFreeMemory
 from r1lite.engine import decode, masked_attention
 from r1lite.host_memory import release_free_memory
 from r1lite.models import lora_layers, merged_copy, refresh_merged
@@ -53,6 +60,7 @@ FAST_PATH_PARTS = (
     "fast_sampling",
     "cpu_lm_head",
     "grouped_attention",
+    "fused_lora",
     "slot_decoding",
     "shared_prompt",
 )
@@ -135,6 +143,54 @@ def fast_sampling(sampler: InverseCDFSampler | None = None) -> Iterator[InverseC
         torch.multinomial = original
 
 
+class FusedLoRA:
+    """PEFT's LoRA Linear forward, for layers with one plain active adapter (no dropout, bias or variant such as
+    DoRA, one dtype, no autocast), with the adapter's product added into the base layer's output by ``addmm``.
+    Anything else goes to PEFT's own forward. ``installed()`` puts it on `layers` for the length of a block."""
+
+    def __init__(self, layers):
+        self.layers = list(layers)
+        self.calls = 0  # fused forwards run: tests check that the part engaged
+
+    def forward(self, layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        adapters = [a for a in layer.active_adapters if a in layer.lora_A]
+        if args or kwargs or layer.disable_adapters or layer.merged or len(adapters) != 1:
+            return type(layer).forward(layer, x, *args, **kwargs)
+        name = adapters[0]
+        lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
+        plain = (
+            name not in layer.lora_variant
+            and isinstance(layer.lora_dropout[name], nn.Identity)
+            and lora_b.bias is None
+            and x.dtype == layer.base_layer.weight.dtype == lora_a.weight.dtype == lora_b.weight.dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+        if not plain:
+            return type(layer).forward(layer, x, *args, **kwargs)
+        self.calls += 1
+        result = layer.base_layer(x)
+        down = lora_a(x)
+        out = torch.addmm(
+            result.reshape(-1, result.shape[-1]),
+            down.reshape(-1, down.shape[-1]),
+            lora_b.weight.t(),
+            alpha=layer.scaling[name],
+        )
+        return out.view(result.shape)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        # An instance attribute: nn.Module.__call__ looks `forward` up on the instance first. Gradient
+        # checkpointing's replay runs inside the same block (the backward), so it replays the same operations.
+        for layer in self.layers:
+            layer.forward = partial(self.forward, layer)
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                vars(layer).pop("forward", None)
+
+
 class CPUFastGRPOTrainer(TimedGRPOTrainer):
     """GRPO on a CPU with the fast path's parts (module docstring); ``parts`` picks a subset for measurements."""
 
@@ -147,7 +203,9 @@ class CPUFastGRPOTrainer(TimedGRPOTrainer):
         model = self.accelerator.unwrap_model(self.model)
         if "grouped_attention" in parts:
             use_grouped_attention(model)
-        self.merge_layers = lora_layers(model) if "merged_generation" in parts else None
+        layers = lora_layers(model)
+        self.fused_lora = FusedLoRA((layers or {}).values())
+        self.merge_layers = layers if "merged_generation" in parts else None
         if "merged_generation" in parts and self.merge_layers is None:
             logger.info("no LoRA adapter on linear layers to merge: sampling from the training model")
         self.merged_model: torch.nn.Module | None = None
@@ -157,6 +215,7 @@ class CPUFastGRPOTrainer(TimedGRPOTrainer):
         self.slot_decodes = 0  # how many batches the engine sampled: tests check that it engaged
         self.shared_prompt_passes = 0  # how many passes ran each prompt once: likewise
         self.memory_releases = 0  # how many times freed memory went back to the system before a backward
+        self.add_callback(ReleaseFreeMemory())  # and after each optimizer step
         self.log_probs = CPULogProbs(trl_log_probs_function(), self.entropy_bonus_enabled)
 
     def generation_context(self):
@@ -169,8 +228,9 @@ class CPUFastGRPOTrainer(TimedGRPOTrainer):
     def compute_loss(self, *args, **kwargs):
         loss = super().compute_loss(*args, **kwargs)
         # The step's peak comes in the backward. The heap's free blocks (sampling's and the loss forward's
-        # temporaries) go back to the system just before it, and only there: every page handed back is faulted in
-        # again later (r1lite.host_memory). Once per micro-batch, so once per step in the CPU recipes.
+        # temporaries) go back to the system just before it, and again after the optimizer step (the callback):
+        # every page handed back is faulted in again later (r1lite.host_memory), so nowhere else. Once per
+        # micro-batch, so once per step in the CPU recipes.
         self.memory_releases += 1
         release_free_memory()
         return loss
@@ -180,6 +240,8 @@ class CPUFastGRPOTrainer(TimedGRPOTrainer):
         stack.enter_context(super().training_step_context())
         if "cpu_lm_head" in self.parts:  # the reference pass, the loss forward and the backward
             stack.enter_context(cpu_lm_head(self.log_probs))
+        if "fused_lora" in self.parts:
+            stack.enter_context(self.fused_lora.installed())
         return stack
 
     def sampling_model(self) -> torch.nn.Module | None:

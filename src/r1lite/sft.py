@@ -69,5 +69,7 @@ def sft(config: SFTRunConfig) -> Path:
         peft_config=lora_config(lora.lora_r, lora.lora_alpha, lora.lora_dropout, lora.lora_target_modules),
     )
     callbacks.install(trainer, out, reward_names=None, resumed_step=step_of(checkpoint), desc="SFT")
+    if device == "cpu":  # the host heap holds the activations: keep it to what the next step needs
+        trainer.add_callback(callbacks.ReleaseFreeMemory())
     run_until_done_or_signal(trainer, checkpoint, out)
     return finish_run(trainer, tokenizer, out)
