@@ -223,6 +223,20 @@ def _sampler(tmp_path, tiny_model_dir, gsm8k_rows, parts, **overrides):
     )
 
 
+def _training(tmp_path, tiny_model_dir, gsm8k_rows, checkpointing: bool):
+    """A trainer with every part, its model in training mode (with non-reentrant checkpointing if asked) and an
+    adapter that has an effect: a fresh one is a no-op, which would leave the prompt's pass no gradient to pass on."""
+    trainer = _sampler(tmp_path, tiny_model_dir, gsm8k_rows, FAST_PATH_PARTS, gradient_checkpointing=checkpointing)
+    trainer.model.train()
+    if checkpointing:
+        trainer.model.gradient_checkpointing_enable({"use_reentrant": False})
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+    return trainer
+
+
 def _draw(trainer, prompt_ids):
     torch.manual_seed(3)
     return trainer._generate_single_turn(prompt_ids, None, {}, 4)
@@ -449,40 +463,6 @@ def test_fused_lora_computes_what_peft_computes(lora_model):
     assert fused.calls == 1
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_fused_lora_trains_like_peft(tmp_path, tiny_model_dir, gsm8k_rows, checkpointing):
-    """In the trainer's passes (inside its training step, where the part is installed), with or without gradient
-    checkpointing's replay: the log-probabilities and LoRA gradients of PEFT's forward."""
-    trainer = _sampler(tmp_path, tiny_model_dir, gsm8k_rows, FAST_PATH_PARTS, gradient_checkpointing=checkpointing)
-    model = trainer.model
-    model.train()
-    if checkpointing:
-        model.gradient_checkpointing_enable({"use_reentrant": False})
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.05)
-    ids, mask, completion_mask = _group_batch()
-
-    def run(parts):
-        trainer.parts = parts
-        model.zero_grad()
-        with trainer.training_step_context():
-            logps, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, 5)
-            (logps * completion_mask).sum().backward()
-        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
-        return logps.detach() * completion_mask, grads
-
-    expected_logps, expected_grads = run(tuple(part for part in FAST_PATH_PARTS if part != "fused_lora"))
-    assert trainer.fused_lora.calls == 0
-    logps, grads = run(FAST_PATH_PARTS)
-    layers = len(trainer.fused_lora.layers)
-    assert trainer.fused_lora.calls == (4 if checkpointing else 2) * layers  # prompt pass, rows pass (+ replays)
-    torch.testing.assert_close(logps, expected_logps, atol=1e-5, rtol=1e-4)
-    for name, grad in expected_grads.items():
-        torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
-
-
 # ----------------------------------------------------------------------------------------------- shared prompts
 
 
@@ -497,33 +477,34 @@ def _group_batch():
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_shared_prompt_scores_and_trains_like_one_pass_per_row(tmp_path, tiny_model_dir, gsm8k_rows, checkpointing):
-    """Each prompt run once for its completions: the same log-probabilities, entropies and LoRA gradients as TRL's
-    pass over every row, with or without (non-reentrant) gradient checkpointing."""
-    trainer = _sampler(tmp_path, tiny_model_dir, gsm8k_rows, FAST_PATH_PARTS, gradient_checkpointing=checkpointing)
+@pytest.mark.parametrize("part", ["shared_prompt", "fused_lora"])
+def test_loss_pass_parts_score_and_train_like_the_passes_they_replace(
+    tmp_path, tiny_model_dir, gsm8k_rows, part, checkpointing
+):
+    """Inside the trainer's training step, with or without (non-reentrant) gradient checkpointing's replay: the
+    same log-probabilities, entropies and LoRA gradients with the part as without it. shared_prompt: each prompt
+    run once for its completions, against TRL's pass over every row; fused_lora: the LoRA product in one addmm,
+    against PEFT's forward."""
+    trainer = _training(tmp_path, tiny_model_dir, gsm8k_rows, checkpointing)
     model = trainer.model
-    model.train()
-    if checkpointing:
-        model.gradient_checkpointing_enable({"use_reentrant": False})
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:  # a fresh adapter is a no-op; give the prompt's pass a gradient to pass on
-                param.normal_(std=0.05)
     ids, mask, completion_mask = _group_batch()
+    engaged = {"shared_prompt": lambda: trainer.shared_prompt_passes, "fused_lora": lambda: trainer.fused_lora.calls}
 
     def run(parts):
         trainer.parts = parts
         model.zero_grad()
-        logps, entropy, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, 5, compute_entropy=True)
-        (logps * completion_mask).sum().backward()
+        with trainer.training_step_context():
+            logps, entropy, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, 5, compute_entropy=True)
+            (logps * completion_mask).sum().backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
         return logps.detach() * completion_mask, entropy.detach() * completion_mask, grads
 
-    without = tuple(part for part in FAST_PATH_PARTS if part != "shared_prompt")
-    expected_logps, expected_entropy, expected_grads = run(without)
-    assert trainer.shared_prompt_passes == 0
+    expected_logps, expected_entropy, expected_grads = run(tuple(p for p in FAST_PATH_PARTS if p != part))
+    assert engaged[part]() == 0
     logps, entropy, grads = run(FAST_PATH_PARTS)
-    assert trainer.shared_prompt_passes == 1
+    layers = len(trainer.fused_lora.layers)
+    # One shared-prompt pass; each adapted layer in the prompt's pass and the rows' pass, and again in each replay.
+    assert engaged[part]() == {"shared_prompt": 1, "fused_lora": (4 if checkpointing else 2) * layers}[part]
     torch.testing.assert_close(logps, expected_logps, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(entropy, expected_entropy, atol=1e-5, rtol=1e-4)
     assert any("lora_A" in name and "q_proj" in name and grad.abs().sum() > 0 for name, grad in grads.items())
