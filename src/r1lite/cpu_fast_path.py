@@ -153,27 +153,16 @@ class FusedLoRA:
         self.calls = 0  # fused forwards run: tests check that the part engaged
 
     def forward(self, layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        adapters = [a for a in layer.active_adapters if a in layer.lora_A]
-        if args or kwargs or layer.disable_adapters or layer.merged or len(adapters) != 1:
-            return type(layer).forward(layer, x, *args, **kwargs)
-        name = adapters[0]
-        lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
-        plain = (
-            name not in layer.lora_variant
-            and isinstance(layer.lora_dropout[name], nn.Identity)
-            and lora_b.bias is None
-            and x.dtype == layer.base_layer.weight.dtype == lora_a.weight.dtype == lora_b.weight.dtype
-            and not torch.is_autocast_enabled(x.device.type)
-        )
-        if not plain:
+        name = None if args or kwargs else _plain_adapter(layer, x)
+        if name is None:
             return type(layer).forward(layer, x, *args, **kwargs)
         self.calls += 1
         result = layer.base_layer(x)
-        down = lora_a(x)
+        down = layer.lora_A[name](x)
         out = torch.addmm(
             result.reshape(-1, result.shape[-1]),
             down.reshape(-1, down.shape[-1]),
-            lora_b.weight.t(),
+            layer.lora_B[name].weight.t(),
             alpha=layer.scaling[name],
         )
         return out.view(result.shape)
@@ -189,6 +178,24 @@ class FusedLoRA:
         finally:
             for layer in self.layers:
                 vars(layer).pop("forward", None)
+
+
+def _plain_adapter(layer, x: torch.Tensor) -> str | None:
+    """The one active adapter of a PEFT LoRA layer if it is plain LoRA on enabled, unmerged weights, with no dropout,
+    no bias on B, no variant such as DoRA, the dtype of `x` and the base weight throughout, and no autocast."""
+    adapters = [a for a in layer.active_adapters if a in layer.lora_A]
+    if layer.disable_adapters or layer.merged or len(adapters) != 1:
+        return None
+    name = adapters[0]
+    lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
+    plain = (
+        name not in layer.lora_variant
+        and isinstance(layer.lora_dropout[name], nn.Identity)
+        and lora_b.bias is None
+        and x.dtype == layer.base_layer.weight.dtype == lora_a.weight.dtype == lora_b.weight.dtype
+        and not torch.is_autocast_enabled(x.device.type)
+    )
+    return name if plain else None
 
 
 class CPUFastGRPOTrainer(TimedGRPOTrainer):
