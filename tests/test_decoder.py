@@ -70,11 +70,11 @@ def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, m
         pytest.skip("r1lite's compiled kernel is not available on this machine (r1lite/kernels)")
     model = _load(model_dir, "fp32")
     kernel_calls, step_calls = [], []
-    rows_linear, decode_layers = kernels.rows_linear, kernels.decode_layers
+    panels_linear, decode_layers = kernels.panels_linear, kernels.decode_layers
     with (
         mock.patch.object(decoder, "can_pack", lambda dtype: laid_out and decoder_can_pack(dtype)),
         mock.patch.object(decoder.kernels, "available", lambda: use_kernel),
-        mock.patch.object(decoder.kernels, "rows_linear", lambda *a: kernel_calls.append(1) or rows_linear(*a)),
+        mock.patch.object(decoder.kernels, "panels_linear", lambda *a: kernel_calls.append(1) or panels_linear(*a)),
         mock.patch.object(decoder.kernels, "decode_layers", lambda *a: step_calls.append(1) or decode_layers(*a)),
     ):
         lean = LeanDecoder.for_model(model, 3)

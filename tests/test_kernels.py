@@ -1,4 +1,5 @@
-"""r1lite.kernels.rows_linear: F.linear's result for every shape a decoding step can hand it, and clear refusals."""
+"""r1lite.kernels: the products and the decoding step compute what torch computes, for every shape a decoding step
+or a prefill can hand them, and refuse clearly what they do not compute."""
 
 from __future__ import annotations
 
@@ -18,47 +19,54 @@ needs_kernel = pytest.mark.skipif(
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 9, 16, 17])
-@pytest.mark.parametrize(("fan_in", "fan_out"), [(576, 960), (1536, 576), (64, 1), (13, 7), (20, 130), (8, 200)])
-def test_rows_linear_computes_what_f_linear_computes(rows, fan_in, fan_out):
-    """Rows beyond a block of 8, features that are not a multiple of 8 (the scalar tail), one output column, and
-    leading dimensions (a decoding step's (B, 1, K)), with and without a bias."""
+@pytest.mark.parametrize("rows", [1, 2, 5, 6, 7, 13, 32, 300])
+@pytest.mark.parametrize(("fan_in", "fan_out"), [(576, 960), (1536, 576), (64, 1), (13, 7), (300, 130), (8, 200)])
+def test_panels_linear_computes_what_f_linear_computes(rows, fan_in, fan_out):
+    """Rows beyond a pass of six and beyond a chunk (300 rows of 1536 features), K beyond a block of 256, output
+    columns that do not fill the last panel, one output column, and leading dimensions (a decoding step's
+    (B, 1, K)), with and without a bias."""
     torch.manual_seed(rows * 1000 + fan_in + fan_out)
     x = torch.randn(rows, 1, fan_in)
     weight = torch.randn(fan_out, fan_in) / fan_in**0.5
     bias = torch.randn(fan_out)
+    panels = kernels.pack(weight)
+    assert panels.data.shape == (-(-fan_out // kernels.PANEL), fan_in, kernels.PANEL)
+    assert panels.out_features == fan_out
     for b in (None, bias):
-        got = kernels.rows_linear(x, weight, b)
+        got = kernels.panels_linear(x, panels, b)
         assert got.shape == (rows, 1, fan_out) and got.dtype == torch.float32
         torch.testing.assert_close(got, F.linear(x, weight, b), atol=1e-5, rtol=1e-5)
 
 
 @needs_kernel
-def test_rows_linear_reads_a_strided_input_and_splits_columns_across_threads():
-    """A non-contiguous x (a slice of a wider tensor, as `x[:, -1]` is) and enough columns for every thread."""
+def test_panels_linear_reads_a_strided_input_and_splits_panels_across_threads():
+    """A non-contiguous x (a slice of a wider tensor, as `x[:, -1]` is) and enough panels for every thread."""
     torch.manual_seed(0)
     wide = torch.randn(4, 3, 576)
     weight = torch.randn(4096, 576) / 24
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        got = kernels.rows_linear(wide[:, -1], weight)
+        got = kernels.panels_linear(wide[:, -1], kernels.pack(weight))
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(got, F.linear(wide[:, -1], weight), atol=1e-5, rtol=1e-5)
 
 
 @needs_kernel
-def test_rows_linear_refuses_what_it_does_not_compute():
+def test_panels_linear_refuses_what_it_does_not_compute():
     weight = torch.randn(16, 8)
+    panels = kernels.pack(weight)
     with pytest.raises(RuntimeError, match="fp32 only"):
-        kernels.rows_linear(torch.randn(2, 8, dtype=torch.bfloat16), weight.bfloat16())
-    with pytest.raises(RuntimeError, match="contiguous"):
-        kernels.rows_linear(torch.randn(2, 16), weight.t())
+        kernels.panels_linear(torch.randn(2, 8, dtype=torch.bfloat16), panels._replace(data=panels.data.bfloat16()))
+    with pytest.raises(RuntimeError, match="panels"):
+        kernels.panels_linear(torch.randn(2, 8), panels._replace(data=weight))  # not laid out
+    with pytest.raises(RuntimeError, match="panels"):
+        kernels.panels_linear(torch.randn(2, 8), panels._replace(out_features=40))  # more columns than it holds
     with pytest.raises(RuntimeError, match="features"):
-        kernels.rows_linear(torch.randn(2, 9), weight)
+        kernels.panels_linear(torch.randn(2, 9), panels)
     with pytest.raises(RuntimeError, match="bias"):
-        kernels.rows_linear(torch.randn(2, 8), weight, torch.randn(3))
+        kernels.panels_linear(torch.randn(2, 8), panels, torch.randn(3))
 
 
 def test_the_kernel_is_optional():
@@ -145,7 +153,8 @@ def _layers_inputs(batch, hidden, heads, kv_heads, dim, intermediate, width, lay
     sin[:, : dim // 2] *= -1
     columns = torch.randint(0, width, (batch,))
     allowed = torch.rand(batch, width) < 0.6
-    allowed[torch.arange(batch), columns] = True  # a sequence always sees its own new key
+    allowed[torch.arange(batch), columns] = True  # a sequence always sees its own new key ...
+    allowed &= torch.arange(width) <= columns[:, None]  # ... and nothing written after it
     mask = torch.zeros(batch, width).masked_fill_(~allowed, torch.finfo(torch.float32).min)
     x = torch.randn(batch, hidden)
     return x, weights, [1e-5, 1e-6] * layers, keys, values, angles.cos(), sin, columns, mask
@@ -166,11 +175,36 @@ def test_decode_layers_computes_what_torch_computes(batch, hidden, heads, kv_hea
     cache = ([k.clone() for k in keys], [v.clone() for v in values])
     scaling = dim**-0.5
     expected = _layers_reference(x.clone(), weights, eps, *cache, cos, sin, columns, mask, heads, kv_heads, scaling)
-    got = kernels.decode_layers(x, weights, eps, keys, values, cos, sin, columns, mask, heads, kv_heads, scaling)
+    got = kernels.decode_layers(x, _packed(weights), eps, keys, values, cos, sin, columns, mask, heads, kv_heads, scaling)
     assert got.data_ptr() == x.data_ptr()  # in place
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     for mine, theirs in zip(keys + values, cache[0] + cache[1], strict=True):  # the new column written, no other
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+
+
+def _packed(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The layers' weights as `decode_layers` takes them: each product's weight laid out in panels."""
+    products = {1, 3, 6, 8}  # q/k/v, output, gate/up, down: their index among a layer's ten
+    return [kernels.pack(w).data if i % 10 in products else w for i, w in enumerate(weights)]
+
+
+@needs_kernel
+def test_decode_layers_reads_no_column_after_a_sequences_own():
+    """Columns past a sequence's new key hold another sequence's leftovers or nothing yet: the mask hides them, and
+    the kernel does not read them at all (NaN there changes nothing)."""
+    inputs = _layers_inputs(3, 32, 4, 2, 8, 64, 24, 2, False)
+    x, weights, eps, keys, values, cos, sin, columns, mask = inputs
+    columns = torch.tensor([0, 9, 23])
+    mask = torch.zeros(3, 24).masked_fill_(torch.arange(24) > columns[:, None], torch.finfo(torch.float32).min)
+    clean = kernels.decode_layers(
+        x.clone(), _packed(weights), eps, [k.clone() for k in keys], [v.clone() for v in values], cos, sin, columns,
+        mask, 4, 2, 0.35,
+    )
+    later = torch.arange(24) > columns[:, None]  # (sequence, column)
+    for cache in keys + values:  # (sequence, key/value head, column, head_dim)
+        cache.masked_fill_(later[:, None, :, None], float("nan"))
+    got = kernels.decode_layers(x.clone(), _packed(weights), eps, keys, values, cos, sin, columns, mask, 4, 2, 0.35)
+    torch.testing.assert_close(got, clean, atol=0, rtol=0)
 
 
 @needs_kernel
@@ -179,7 +213,8 @@ def test_decode_layers_refuses_inputs_that_do_not_fit():
     x, weights, eps, keys, values, cos, sin, columns, mask = inputs
 
     def call(**changed):
-        given = dict(x=x, weights=weights, eps=eps, keys=keys, values=values, cos=cos, sin=sin, columns=columns)
+        given = dict(x=x, weights=_packed(weights), eps=eps, keys=keys, values=values, cos=cos, sin=sin)
+        given["columns"] = columns
         given = {**given, "mask": mask, **changed}
         return kernels.decode_layers(*given.values(), 4, 2, 0.35)
 
@@ -188,7 +223,9 @@ def test_decode_layers_refuses_inputs_that_do_not_fit():
     with pytest.raises(RuntimeError, match="cache"):
         call(values=[values[0][:, :, :8]])
     with pytest.raises(RuntimeError, match="weights per layer"):
-        call(weights=weights[:-1])
+        call(weights=_packed(weights)[:-1])
+    with pytest.raises(RuntimeError, match="panels"):
+        call(weights=weights)  # as torch holds them, not laid out
     with pytest.raises(RuntimeError, match="mask"):
         call(mask=mask[:, :8])
     with pytest.raises(RuntimeError, match="fp32"):

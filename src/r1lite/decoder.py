@@ -165,7 +165,7 @@ class LeanDecoder:
         if self.kernel:  # decoding steps run every layer in one call (kernels.decode_layers)
             none = self.embed.new_empty(0)
             self.flat = [
-                none if t is None else t.contiguous()
+                none if t is None else t.data if isinstance(t, kernels.Panels) else t.contiguous()
                 for layer in self.layers
                 for t in (
                     *(layer.norm1, layer.qkv, layer.qkv_bias, layer.o, layer.o_bias),
@@ -191,15 +191,16 @@ class LeanDecoder:
             logger.debug("decoding through transformers' forward: %s", exc)
             return None
 
-    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
-        weight = weight.contiguous()  # a no-op for a module's own weight; the kernel reads rows front to back
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor | kernels.Panels:
+        if self.kernel:
+            return kernels.pack(weight)
         return pack_weight(weight, self.rows) if self.packed else weight
 
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _linear(self, x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.kernel:  # decoding steps and prefills alike
+            return kernels.panels_linear(x, weight, bias)
         if self.packed:
             return packed_linear(x, weight, bias)
-        if self.kernel and x.numel() <= kernels.MAX_ROWS * x.shape[-1]:  # decoding steps; prefills go to F.linear
-            return kernels.rows_linear(x, weight, bias)
         return F.linear(x, weight, bias)
 
     @staticmethod

@@ -30,6 +30,7 @@ import platform
 import shutil
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -96,14 +97,34 @@ def _find_ninja() -> None:
 
 
 def available() -> bool:
-    """Whether `rows_linear` can run here (compiles the kernel on first call)."""
+    """Whether the kernels can run here (compiles them on first call)."""
     return _module() is not None
 
 
-def rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (..., K) @ weight (N, K).T + bias (N,), fp32 CPU tensors, weight contiguous; no backward.
+PANEL = 16  # output columns per panel of a weight laid out by `pack` (kPanel in decoding.cpp)
+
+
+class Panels(NamedTuple):
+    """A linear weight (out_features, K) laid out for `panels_linear`: (ceil(out_features / PANEL), K, PANEL), each
+    panel PANEL output columns side by side for every k, zeros past `out_features`."""
+
+    data: torch.Tensor
+    out_features: int
+
+
+def pack(weight: torch.Tensor) -> Panels:
+    """`weight` (N, K), fp32 on the CPU, laid out in panels: a copy, made once per set of weights."""
+    n, k = weight.shape
+    padded = -(-n // PANEL) * PANEL
+    if padded > n:
+        weight = torch.cat([weight, weight.new_zeros(padded - n, k)])
+    return Panels(weight.reshape(padded // PANEL, PANEL, k).transpose(1, 2).contiguous(), n)
+
+
+def panels_linear(x: torch.Tensor, weight: Panels, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) @ weight.T + bias (N,) from a weight laid out by `pack`, fp32 CPU tensors; no backward.
     Call only where `available()`."""
-    return _module().rows_linear(x, weight, bias)
+    return _module().panels_linear(x, weight.data, weight.out_features, bias)
 
 
 def decode_layers(
@@ -124,7 +145,7 @@ def decode_layers(
 
     `weights`: per layer, in order, the first norm's weight, the stacked q/k/v weight and bias, the output weight
     and bias, the second norm's weight, the stacked gate/up weight and bias, the down weight and bias (an empty
-    tensor for a missing bias); `eps`: the two norms' epsilons per layer. `keys`, `values`: the cache, per layer
+    tensor for a missing bias; each weight laid out by `pack`, its `data` here); `eps`: the two norms' epsilons per layer. `keys`, `values`: the cache, per layer
     (B, kv_heads, W, head_dim), slot b holding sequence b; each new key and value is written at `columns[b]`.
     `cos`, `sin` (B, head_dim): the rotary embedding at each position, the first half of `sin` negated. `mask`
     (B, W): additive, 0 where a column may be attended to. All fp32 and contiguous. Call only where `available()`."""
