@@ -4,8 +4,8 @@
     python benchmarks/kernel_decode.py --baseline onednn --rows 8 --tokens 200 --repeats 5
 
 The kernels apply in fp32 at up to `r1lite.kernels.MAX_ROWS` sequences. The second way is what r1lite does: every
-decoding step's layers in one compiled call (`decode_layers`), prefills and the LM head through `rows_linear` or
-`F.linear`. The first way (`--baseline`) is either `products` (the compiled product `rows_linear` for the weights,
+decoding step's layers in one compiled call (`decode_layers`), prefills and the LM head through the compiled
+product (`panels_linear`). The first way (`--baseline`) is either `products` (the compiled product for the weights,
 torch's operations between them: r1lite before `decode_layers`) or `onednn` (no kernel at all: oneDNN's products
 from weights laid out once per decode call). How the two are timed: benchmarks/decode_compare.py.
 """

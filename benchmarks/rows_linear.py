@@ -1,14 +1,16 @@
 """A decoding step's weight products three ways, with the weights streamed from memory as in a real step.
 
     python benchmarks/rows_linear.py                    # fp32, 1, 4, 8, 16 and 32 rows
-    python benchmarks/rows_linear.py --rows 8 --repeats 20
+    python benchmarks/rows_linear.py --rows 8 360 --repeats 20   # 360 rows: about a prefill of four prompts
 
 For each number of rows (sequences decoding together), the products of one decoding step of the embedded
 SmolLM2-135M (30 layers of q/k/v stacked, o, gate/up stacked and down, then the LM head: 538 MB in fp32, far
 more than the caches) are timed with:
 - `F.linear` (MKL, torch's layout),
-- oneDNN with the weights laid out once (`r1lite.decoder.pack_weight`, what the lean decoder used before),
-- r1lite's compiled kernel (`r1lite.kernels.rows_linear`).
+- oneDNN with the weights laid out once for it (`r1lite.decoder.pack_weight`, what the lean decoder uses where
+  r1lite's kernels are not available),
+- r1lite's compiled kernel (`r1lite.kernels.panels_linear`, the weights laid out once in panels by
+  `r1lite.kernels.pack`).
 Each way has its own copy of the 30 layers, so no weight is in a cache when it is read. Prints the median
 milliseconds per step, the rate at which the weights streamed, the ratios, and, for scale, the machine's copy
 bandwidth and the rate of a plain read (`sum`) of as many bytes.
@@ -64,7 +66,7 @@ def main() -> None:
     if not kernels.available():
         raise SystemExit("r1lite's kernel is not available here (see r1lite/kernels/__init__.py for why not)")
     torch.manual_seed(0)
-    plain, kernel = step_weights(), step_weights()
+    plain, kernel = step_weights(), [kernels.pack(w) for w in step_weights()]
     packed = [pack_weight(w, 8) for w in step_weights()] if can_pack(torch.float32) else None
     step_bytes = sum(w.numel() * 4 for w in plain)
     big = torch.randn(step_bytes // 4)
@@ -92,7 +94,7 @@ def time_ways(rows: int, plain, packed, kernel, repeats: int) -> dict[str, float
     inputs = {fan_in: torch.randn(rows, fan_in) for fan_in, _, _ in STACKED_SHAPES}
     ways = {
         "F.linear": lambda: [F.linear(inputs[w.shape[1]], w) for w in plain],
-        "kernel": lambda: [kernels.rows_linear(inputs[w.shape[1]], w) for w in kernel],
+        "kernel": lambda: [kernels.panels_linear(inputs[p.data.shape[1]], p) for p in kernel],
     }
     if packed is not None:
         pairs = list(zip(plain, packed, strict=True))

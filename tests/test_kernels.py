@@ -167,6 +167,7 @@ def _layers_inputs(batch, hidden, heads, kv_heads, dim, intermediate, width, lay
         (8, 576, 9, 3, 64, 1536, 256, False),  # the embedded model's shapes, a GRPO group's eight sequences
         (3, 40, 4, 2, 12, 24, 37, True),  # a head width and a cache width that are not multiples of 8; biases
         (1, 32, 4, 4, 8, 64, 1, True),  # one sequence, one column; no grouping of query heads
+        (2, 48, 2, 1, 128, 40, 21, True),  # Qwen2.5's head width: sixteen vectors per head
     ],
 )
 def test_decode_layers_computes_what_torch_computes(batch, hidden, heads, kv_heads, dim, intermediate, width, biases):
@@ -175,7 +176,9 @@ def test_decode_layers_computes_what_torch_computes(batch, hidden, heads, kv_hea
     cache = ([k.clone() for k in keys], [v.clone() for v in values])
     scaling = dim**-0.5
     expected = _layers_reference(x.clone(), weights, eps, *cache, cos, sin, columns, mask, heads, kv_heads, scaling)
-    got = kernels.decode_layers(x, _packed(weights), eps, keys, values, cos, sin, columns, mask, heads, kv_heads, scaling)
+    got = kernels.decode_layers(
+        x, _packed(weights), eps, keys, values, cos, sin, columns, mask, heads, kv_heads, scaling
+    )
     assert got.data_ptr() == x.data_ptr()  # in place
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     for mine, theirs in zip(keys + values, cache[0] + cache[1], strict=True):  # the new column written, no other
@@ -197,8 +200,18 @@ def test_decode_layers_reads_no_column_after_a_sequences_own():
     columns = torch.tensor([0, 9, 23])
     mask = torch.zeros(3, 24).masked_fill_(torch.arange(24) > columns[:, None], torch.finfo(torch.float32).min)
     clean = kernels.decode_layers(
-        x.clone(), _packed(weights), eps, [k.clone() for k in keys], [v.clone() for v in values], cos, sin, columns,
-        mask, 4, 2, 0.35,
+        x.clone(),
+        _packed(weights),
+        eps,
+        [k.clone() for k in keys],
+        [v.clone() for v in values],
+        cos,
+        sin,
+        columns,
+        mask,
+        4,
+        2,
+        0.35,
     )
     later = torch.arange(24) > columns[:, None]  # (sequence, column)
     for cache in keys + values:  # (sequence, key/value head, column, head_dim)

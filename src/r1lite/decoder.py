@@ -5,12 +5,14 @@ matrix products alone but by the operations and module calls around them, each w
 computes the same function with fewer and larger operations and no module calls:
 
 - the query, key and value projections multiply by one weight (their three stacked), as do the gate and up
-  projections; in fp32 at up to `r1lite.kernels.MAX_ROWS` sequences (where the kernels can be built) each decoding
-  step runs every layer in one compiled call (`r1lite.kernels.decode_layers`) and the LM head through the compiled
-  product (`rows_linear`); otherwise each weight is laid out once for oneDNN
-  (`torch.ops.mkldnn._reorder_linear_weight`) for the whole call;
+  projections; in fp32 at up to `r1lite.kernels.MAX_ROWS` sequences (where the kernels can be built) every weight
+  is laid out once in panels (`r1lite.kernels.pack`), each decoding step runs every layer in one compiled call
+  (`r1lite.kernels.decode_layers`), and prefills and the LM head multiply through the compiled product
+  (`panels_linear`); otherwise each weight is laid out once for oneDNN (`torch.ops.mkldnn._reorder_linear_weight`)
+  for the whole call;
 - the rotary embedding turns queries and keys together, swapping the two halves of each head with one `flip`;
-- attention is `r1lite.attention.grouped_attention`, over the `SlotCache` as it stands;
+- attention is `r1lite.attention.grouped_attention` over the `SlotCache` as it stands, and in a prefill (several
+  tokens per sequence) torch's fused `scaled_dot_product_attention`, which makes no tensor of probabilities;
 - nothing goes through module calls, hooks or keyword plumbing.
 
 It applies to the architectures it spells out (`LEAN_MODEL_TYPES`: Llama, which SmolLM2 is, and Qwen2, which
@@ -120,11 +122,12 @@ class LeanDecoder:
     """The forward `r1lite.engine.decode` calls, for a model `for_model` accepts: (B, Q) tokens, their positions,
     a (B, 1, Q, W) additive mask and a `SlotCache` aimed where the new keys go, to the last position's logits (B, V).
 
-    Holds copies of the weights it stacks (q/k/v, gate/up), and of every weight where it lays them out for oneDNN,
-    made once: build one per `decode` call, so that a model whose weights changed in between (a refreshed sampling
-    copy) is read afresh. In fp32 at up to `r1lite.kernels.MAX_ROWS` rows, where r1lite's kernels are available,
-    each decoding step (one new token per slot, after a prefill) is one compiled call over every layer, which
-    writes the new keys and values into the cache itself; prefills still run layer by layer here."""
+    Holds copies of the weights it stacks (q/k/v, gate/up), and of every weight where it lays them out (in panels
+    for r1lite's kernels, or for oneDNN), made once: build one per `decode` call, so that a model whose weights
+    changed in between (a refreshed sampling copy) is read afresh. In fp32 at up to `r1lite.kernels.MAX_ROWS` rows,
+    where r1lite's kernels are available, each decoding step (one new token per slot, after a prefill) is one
+    compiled call over every layer, which writes the new keys and values into the cache itself; prefills run layer
+    by layer here, through the same compiled product."""
 
     def __init__(self, model, rows: int):
         config = model.config
@@ -137,7 +140,7 @@ class LeanDecoder:
         self.intermediate = config.intermediate_size
         self.scaling = inner.layers[0].self_attn.scaling
         self.rows = rows
-        # Up to MAX_ROWS rows in fp32: r1lite's kernels read the weights as they are. Otherwise oneDNN's product
+        # Up to MAX_ROWS rows in fp32: r1lite's kernels, from weights laid out in panels. Otherwise oneDNN's product
         # from weights laid out for it, where this CPU's oneDNN can (`can_pack`).
         self.kernel = rows <= kernels.MAX_ROWS and self.embed.dtype == torch.float32 and kernels.available()
         self.packed = not self.kernel and can_pack(self.embed.dtype)
@@ -228,8 +231,14 @@ class LeanDecoder:
             key = qk[:, :, heads:].transpose(1, 2)
             value = qkv[:, :, heads + kv_heads :].transpose(1, 2)
             keys, values = cache.update(key, value, index)
-            out, _ = grouped_attention(None, qk[:, :, :heads].transpose(1, 2), keys, values, mask, self.scaling)
-            x = x + self._linear(out.view(batch, length, heads * dim), layer.o, layer.o_bias)
+            query = qk[:, :, :heads].transpose(1, 2)
+            if length > 1:  # a prefill: torch's fused attention, no tensor of probabilities (2x faster here)
+                out = F.scaled_dot_product_attention(
+                    query, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True
+                ).transpose(1, 2)
+            else:
+                out, _ = grouped_attention(None, query, keys, values, mask, self.scaling)
+            x = x + self._linear(out.reshape(batch, length, heads * dim), layer.o, layer.o_bias)
             h = self._norm(x, layer.norm2, layer.norm2_eps)
             gate_up = self._linear(h, layer.gate_up, layer.gate_up_bias)
             gated = F.silu(gate_up[..., : self.intermediate]) * gate_up[..., self.intermediate :]

@@ -163,6 +163,41 @@ inline void axpy(float p, const float* v, float* y, int64_t n) {
   for (int64_t i = body; i < n; ++i) y[i] += p * v[i];
 }
 
+// The dot products of q (D floats, D a multiple of 8) with eight keys D floats apart, as one vector: eight
+// accumulators, then one transposing reduction (three rounds of pairwise sums) where eight separate dot products
+// would each end in a horizontal sum of their own.
+inline __m256 dot8(const float* q, const float* keys, int64_t D) {
+  __m256 acc[8];
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < D; i += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + i);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + j * D + i), acc[j]);
+  }
+  const __m256 s01 = _mm256_hadd_ps(acc[0], acc[1]), s23 = _mm256_hadd_ps(acc[2], acc[3]);
+  const __m256 s45 = _mm256_hadd_ps(acc[4], acc[5]), s67 = _mm256_hadd_ps(acc[6], acc[7]);
+  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+  // s0123: the halves of keys 0-3's sums in its two 128-bit lanes, s4567 those of keys 4-7.
+  return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
+}
+
+// out (V vectors of 8) = sum over c < n of p[c] * inverse * v[c]: the output held in registers across columns.
+template <int V>
+void weighted_rows(const float* p, float inverse, const float* v, int64_t n, float* out) {
+  __m256 acc[V];
+#pragma GCC unroll 16
+  for (int i = 0; i < V; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < n; ++c) {
+    if (p[c] == 0.0f) continue;  // a masked column
+    const __m256 weight = _mm256_set1_ps(p[c] * inverse);
+#pragma GCC unroll 16
+    for (int i = 0; i < V; ++i) acc[i] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + c * V * 8 + i * 8), acc[i]);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < V; ++i) _mm256_storeu_ps(out + i * 8, acc[i]);
+}
+
 // e^x for eight floats, to within a few units in the last place: e^x = 2^n * e^r with n = round(x / ln 2) and
 // |r| <= ln(2) / 2, e^r from its degree-7 Taylor-like polynomial (minimax coefficients), 2^n written into the
 // exponent bits. Exactly 0 below -87.3 (where e^x leaves fp32's normal range: masked attention columns) and
@@ -339,16 +374,35 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
           const float* q = qkv + b * qkv_width + head * D;
           float* p = probs + (b * heads + head) * W;
           float top = -std::numeric_limits<float>::infinity();
-          for (int64_t c = 0; c < seen; ++c) {
+          int64_t c = 0;
+          if (D % 8 == 0) {  // eight columns at a time
+            const __m256 scale = _mm256_set1_ps(static_cast<float>(scaling));
+            __m256 tops = _mm256_set1_ps(top);
+            for (; c + 8 <= seen; c += 8) {
+              const __m256 scores = _mm256_fmadd_ps(dot8(q, kb + c * D, D), scale, _mm256_loadu_ps(m + c));
+              _mm256_storeu_ps(p + c, scores);
+              tops = _mm256_max_ps(tops, scores);
+            }
+            alignas(32) float lanes[8];
+            _mm256_store_ps(lanes, tops);
+            top = *std::max_element(lanes, lanes + 8);
+          }
+          for (; c < seen; ++c) {
             p[c] = dot(q, kb + c * D, D) * static_cast<float>(scaling) + m[c];
             top = std::max(top, p[c]);
           }
           const float total = exp_shifted(p, top, seen);
           float* out = attn + b * heads * D + head * D;
-          std::fill(out, out + D, 0.0f);
           const float inverse = 1.0f / total;
-          for (int64_t c = 0; c < seen; ++c) {
-            if (p[c] != 0.0f) axpy(p[c] * inverse, vb + c * D, out, D);
+          if (D == 64) {
+            weighted_rows<8>(p, inverse, vb, seen, out);
+          } else if (D == 128) {
+            weighted_rows<16>(p, inverse, vb, seen, out);
+          } else {
+            std::fill(out, out + D, 0.0f);
+            for (int64_t col = 0; col < seen; ++col) {
+              if (p[col] != 0.0f) axpy(p[col] * inverse, vb + col * D, out, D);
+            }
           }
         }
       }
