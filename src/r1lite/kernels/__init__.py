@@ -9,12 +9,13 @@ At a handful of sequences a decoding step's products are bound by how fast the w
 dozen up, by arithmetic. A product computed from the weight as torch holds it (each output a dot product of two
 rows) re-reads all of x for every weight row; `panels_linear` instead adds up outer products of a panel row and a
 few broadcast values of x, in registers, and streams each panel once per block of rows, with software prefetch.
-Every product of the embedded model's decoding step on an AVX2 EPYC: 28.8 ms at one row against 32.7 for the
-dot-product kernel r1lite had before, 63.7 against 92.2 at 27 rows. It computes in fp32 with fused multiply-adds,
-summing in another order than torch, so results agree to fp32 rounding. Between the products, a decoding step
-runs some forty small torch operations per layer (norms, the rotary embedding, the cache write, attention, the
-gated MLP), each with its fixed cost; `decode_layers` runs them as loops over the few rows, with attention reading
-each cached key and value once for the query heads that share it, and only the columns up to each sequence's own.
+Every product of the embedded model's decoding step on an AVX2 EPYC: as fast as the dot-product kernel r1lite had
+before at 1-8 rows (both bound by memory), 1.12-1.30x faster at 16-32 (benchmarks/panels_vs_rows.py). It computes
+in fp32 with fused multiply-adds, summing in another order than torch, so results agree to fp32 rounding. Between
+the products, a decoding step runs some forty small torch operations per layer (norms, the rotary embedding, the
+cache write, attention, the gated MLP), each with its fixed cost; `decode_layers` runs them as loops over the few
+rows, with attention reading each cached key and value once for the query heads that share it, and only the
+columns up to each sequence's own.
 
 It is optional. It is compiled on first use with torch's C++ extension builder (the system's C++ compiler and
 ninja, which r1lite installs beside its Python: it is found there without an activated environment), once per

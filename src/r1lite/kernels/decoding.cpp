@@ -37,8 +37,8 @@ inline float horizontal_sum(__m256 v) {
 // vector loads) times up to kPanelRows broadcast values of x, into 2 x kPanelRows accumulators held in registers.
 // x is taken in chunks of rows that stay in the second-level cache and K in blocks whose slice of a panel stays in
 // the first; each thread takes a contiguous range of panels, streamed front to back with software prefetch. Every
-// product of the embedded model's decoding step, LM head included, on an AVX2 EPYC (best of 3): 28.8 ms at one row
-// against 32.7 for the dot-product form r1lite used before, 32.7 against 39.1 at 8 rows, 63.7 against 92.2 at 27.
+// product of the embedded model's decoding step, LM head included, on an AVX2 EPYC: as fast as the dot-product form
+// r1lite used before at 1-8 rows (both bound by memory), 1.12-1.30x faster at 16-32 (benchmarks/panels_vs_rows.py).
 constexpr int64_t kPanel = 16;              // output columns per panel: two vectors of eight
 constexpr int64_t kPanelRows = 6;           // rows of x per pass over a panel: 12 accumulators, 2 loads, 1 broadcast
 constexpr int64_t kDepth = 256;             // K per block: a panel's block is 16 KiB, its six rows of x 6 KiB
