@@ -4,14 +4,15 @@
     python benchmarks/kernel_decode.py --baseline onednn --rows 8 --tokens 200 --repeats 5
 
 The kernels apply in fp32 at up to `r1lite.kernels.MAX_ROWS` sequences. The second way is what r1lite does: every
-decoding step's layers in one compiled call (`decode_layers`), prefills and the LM head through the compiled
-product (`panels_linear`). The first way (`--baseline`) is either `products` (the compiled product for the weights,
-torch's operations between them: r1lite before `decode_layers`) or `onednn` (no kernel at all: oneDNN's products
-from weights laid out once per decode call). How the two are timed: benchmarks/decode_compare.py.
+forward's layers, prefills' and decoding steps' alike, in one compiled call (`decode_layers`), the LM head through
+the compiled product (`panels_linear`). The first way (`--baseline`) is either `products` (the compiled product for
+the weights, torch's operations between them: r1lite before `decode_layers`) or `onednn` (no kernel at all:
+oneDNN's products from weights laid out once per decode call). How the two are timed: benchmarks/decode_compare.py.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from decode_compare import compare, load, parse_args  # noqa: E402
 
 def main(argv=None) -> None:
     from r1lite import kernels
-    from r1lite.engine import SlotCache
+    from r1lite.decoder import LeanDecoder
 
     argv = list(sys.argv[1:] if argv is None else argv)
     baseline = "products"
@@ -42,8 +43,9 @@ def main(argv=None) -> None:
     def compiled(on: bool):
         if on:
             yield
-        elif baseline == "products":  # no decoding step is offered to decode_layers: torch's ops between products
-            with mock.patch.object(SlotCache, "step_columns", lambda self, layers: None):
+        elif baseline == "products":  # the compiled products, torch's operations between them
+            lean = functools.partial(LeanDecoder, whole_layers=False)
+            with mock.patch.object(LeanDecoder, "for_model", classmethod(lambda cls, model, rows: lean(model, rows))):
                 yield
         else:
             with mock.patch.object(kernels, "available", lambda: False):

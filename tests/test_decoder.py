@@ -82,9 +82,10 @@ def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, m
         assert lean.packed == (laid_out and decoder_can_pack(torch.float32))
         lean_replies, lean_logits = _decode_recording(model, monkeypatch, lean=True)
     assert bool(kernel_calls) == use_kernel
-    # With the kernel, every decoding step runs its layers in one compiled call: two waves of 11 steps after their
-    # prefills (12 tokens, the first from the prefill), three prompts in the three slots, then the fourth.
-    assert len(step_calls) == (2 * 11 if use_kernel else 0)
+    # With the kernel, every forward runs its layers in one compiled call: the prefill of the prefix all prompts
+    # share ([1, 5]), then two waves of a prefill and 11 decoding steps (12 tokens, the first from the prefill),
+    # three prompts in the three slots, then the fourth.
+    assert len(step_calls) == (1 + 2 * (1 + 11) if use_kernel else 0)
     plain_replies, plain_logits = _decode_recording(model, monkeypatch, lean=False)
     assert lean_replies == plain_replies
     assert [len(r) for r in lean_replies] == [12] * len(PROMPTS)

@@ -103,8 +103,9 @@ def test_the_build_finds_the_ninja_installed_beside_python(tmp_path, monkeypatch
     assert os.environ["PATH"] == str(scripts)
 
 
-def _layers_reference(x, weights, eps, keys, values, cos, sin, columns, mask, heads, kv_heads, scaling):
-    """What `decode_layers` computes, in torch operations (keys and values written in place as the kernel does)."""
+def _layers_reference(x, weights, eps, keys, values, cos, sin, slots, columns, mask, heads, kv_heads, scaling):
+    """What `decode_layers` computes, in torch operations (keys and values written in place as the kernel does, every
+    row's before any row attends)."""
     batch, dim = len(x), keys[0].shape[-1]
     half = dim // 2
 
@@ -119,19 +120,21 @@ def _layers_reference(x, weights, eps, keys, values, cos, sin, columns, mask, he
         qkv = linear(norm(x, norm1, eps[2 * index]), qkv_w, qkv_b).view(batch, heads + 2 * kv_heads, dim)
         qk = qkv[:, : heads + kv_heads]
         qk = qk * cos[:, None] + torch.cat([qk[..., half:], qk[..., :half]], -1) * sin[:, None]
-        rows = torch.arange(batch)
-        keys[index][rows, :, columns] = qk[:, heads:]
-        values[index][rows, :, columns] = qkv[:, heads + kv_heads :]
+        keys[index][slots, :, columns] = qk[:, heads:]
+        values[index][slots, :, columns] = qkv[:, heads + kv_heads :]
+        seen = mask.shape[1]
         query = qk[:, :heads].reshape(batch, kv_heads, heads // kv_heads, dim)
-        scores = query @ keys[index].transpose(2, 3) * scaling + mask[:, None, None, :]
-        out = (torch.softmax(scores, -1) @ values[index]).reshape(batch, heads * dim)
+        scores = query @ keys[index][slots, :, :seen].transpose(2, 3) * scaling + mask[:, None, None, :]
+        out = (torch.softmax(scores, -1) @ values[index][slots, :, :seen]).reshape(batch, heads * dim)
         x = x + linear(out, o_w, o_b)
         gate, up = linear(norm(x, norm2, eps[2 * index + 1]), gu_w, gu_b).chunk(2, -1)
         x = x + linear(F.silu(gate) * up, down_w, down_b)
     return x
 
 
-def _layers_inputs(batch, hidden, heads, kv_heads, dim, intermediate, width, layers, biases):
+def _layers_inputs(batch, hidden, heads, kv_heads, dim, intermediate, width, layers, biases, cache_slots=None):
+    """Inputs of a decoding step: a row per sequence, in a cache of `cache_slots` slots (`batch`, in order, where
+    None; otherwise slots drawn at random for the rows)."""
     torch.manual_seed(batch * 100 + dim + width)
 
     def weight(out, fan_in):
@@ -146,8 +149,9 @@ def _layers_inputs(batch, hidden, heads, kv_heads, dim, intermediate, width, lay
         weights += [torch.rand(hidden) + 0.5, weight(qkv, hidden), bias(qkv), weight(hidden, heads * dim), bias(hidden)]
         weights += [torch.rand(hidden) + 0.5, weight(2 * intermediate, hidden), bias(2 * intermediate)]
         weights += [weight(hidden, intermediate), bias(hidden)]
-    keys = [torch.randn(batch, kv_heads, width, dim) for _ in range(layers)]
-    values = [torch.randn(batch, kv_heads, width, dim) for _ in range(layers)]
+    slots = torch.arange(batch) if cache_slots is None else torch.randperm(cache_slots)[:batch]
+    keys = [torch.randn(cache_slots or batch, kv_heads, width, dim) for _ in range(layers)]
+    values = [torch.randn(cache_slots or batch, kv_heads, width, dim) for _ in range(layers)]
     angles = torch.rand(batch, dim) * 6
     sin = angles.sin()
     sin[:, : dim // 2] *= -1
@@ -157,27 +161,32 @@ def _layers_inputs(batch, hidden, heads, kv_heads, dim, intermediate, width, lay
     allowed &= torch.arange(width) <= columns[:, None]  # ... and nothing written after it
     mask = torch.zeros(batch, width).masked_fill_(~allowed, torch.finfo(torch.float32).min)
     x = torch.randn(batch, hidden)
-    return x, weights, [1e-5, 1e-6] * layers, keys, values, angles.cos(), sin, columns, mask
+    return x, weights, [1e-5, 1e-6] * layers, keys, values, angles.cos(), sin, slots, columns, mask
 
 
 @needs_kernel
 @pytest.mark.parametrize(
-    ("batch", "hidden", "heads", "kv_heads", "dim", "intermediate", "width", "biases"),
+    ("batch", "hidden", "heads", "kv_heads", "dim", "intermediate", "width", "biases", "cache_slots"),
     [
-        (8, 576, 9, 3, 64, 1536, 256, False),  # the embedded model's shapes, a GRPO group's eight sequences
-        (3, 40, 4, 2, 12, 24, 37, True),  # a head width and a cache width that are not multiples of 8; biases
-        (1, 32, 4, 4, 8, 64, 1, True),  # one sequence, one column; no grouping of query heads
-        (2, 48, 2, 1, 128, 40, 21, True),  # Qwen2.5's head width: sixteen vectors per head
+        (8, 576, 9, 3, 64, 1536, 256, False, None),  # the embedded model's shapes, a GRPO group's eight sequences
+        (3, 40, 4, 2, 12, 24, 37, True, None),  # a head width and a cache width that are not multiples of 8; biases
+        (1, 32, 4, 4, 8, 64, 1, True, None),  # one sequence, one column; no grouping of query heads
+        (2, 48, 2, 1, 128, 40, 21, True, None),  # Qwen2.5's head width: sixteen vectors per head
+        (5, 48, 4, 2, 16, 40, 30, False, 9),  # the live sequences of a cache with idle slots, in no order
     ],
 )
-def test_decode_layers_computes_what_torch_computes(batch, hidden, heads, kv_heads, dim, intermediate, width, biases):
-    inputs = _layers_inputs(batch, hidden, heads, kv_heads, dim, intermediate, width, 2, biases)
-    x, weights, eps, keys, values, cos, sin, columns, mask = inputs
+def test_decode_layers_computes_what_torch_computes(
+    batch, hidden, heads, kv_heads, dim, intermediate, width, biases, cache_slots
+):
+    inputs = _layers_inputs(batch, hidden, heads, kv_heads, dim, intermediate, width, 2, biases, cache_slots)
+    x, weights, eps, keys, values, cos, sin, slots, columns, mask = inputs
     cache = ([k.clone() for k in keys], [v.clone() for v in values])
     scaling = dim**-0.5
-    expected = _layers_reference(x.clone(), weights, eps, *cache, cos, sin, columns, mask, heads, kv_heads, scaling)
+    expected = _layers_reference(
+        x.clone(), weights, eps, *cache, cos, sin, slots, columns, mask, heads, kv_heads, scaling
+    )
     got = kernels.decode_layers(
-        x, _packed(weights), eps, keys, values, cos, sin, columns, mask, heads, kv_heads, scaling
+        x, _packed(weights), eps, keys, values, cos, sin, slots, columns, mask, heads, kv_heads, scaling
     )
     assert got.data_ptr() == x.data_ptr()  # in place
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
@@ -196,7 +205,7 @@ def test_decode_layers_reads_no_column_after_a_sequences_own():
     """Columns past a sequence's new key hold another sequence's leftovers or nothing yet: the mask hides them, and
     the kernel does not read them at all (NaN there changes nothing)."""
     inputs = _layers_inputs(3, 32, 4, 2, 8, 64, 24, 2, False)
-    x, weights, eps, keys, values, cos, sin, columns, mask = inputs
+    x, weights, eps, keys, values, cos, sin, slots, columns, mask = inputs
     columns = torch.tensor([0, 9, 23])
     mask = torch.zeros(3, 24).masked_fill_(torch.arange(24) > columns[:, None], torch.finfo(torch.float32).min)
     clean = kernels.decode_layers(
@@ -207,6 +216,7 @@ def test_decode_layers_reads_no_column_after_a_sequences_own():
         [v.clone() for v in values],
         cos,
         sin,
+        slots,
         columns,
         mask,
         4,
@@ -216,23 +226,81 @@ def test_decode_layers_reads_no_column_after_a_sequences_own():
     later = torch.arange(24) > columns[:, None]  # (sequence, column)
     for cache in keys + values:  # (sequence, key/value head, column, head_dim)
         cache.masked_fill_(later[:, None, :, None], float("nan"))
-    got = kernels.decode_layers(x.clone(), _packed(weights), eps, keys, values, cos, sin, columns, mask, 4, 2, 0.35)
+    got = kernels.decode_layers(
+        x.clone(), _packed(weights), eps, keys, values, cos, sin, slots, columns, mask, 4, 2, 0.35
+    )
     torch.testing.assert_close(got, clean, atol=0, rtol=0)
+
+
+@needs_kernel
+def test_a_prefill_in_one_call_is_its_tokens_one_step_at_a_time():
+    """A prompt's tokens as rows of one call (each attending to those before it, the keys of all written first)
+    compute what decoding them one token per call computes: the same outputs and the same cache. Two prompts of
+    five tokens in slots 3 and 1 of a cache of four, after a prefix of two columns already there; the second one
+    left-padded by one column, which no later token attends to."""
+    hidden, heads, kv_heads, dim, width, prefix, tokens = 32, 4, 2, 8, 12, 2, 5
+    inputs = _layers_inputs(2 * tokens, hidden, heads, kv_heads, dim, 64, width, 2, True, cache_slots=4)
+    x, weights, eps, keys, values, _, _, _, _, _ = inputs
+    weights = _packed(weights)
+    slots = torch.tensor([3] * tokens + [1] * tokens)
+    columns = torch.arange(prefix, prefix + tokens).repeat(2)
+    allowed = torch.arange(width) <= columns[:, None]  # causal, the prefix included
+    allowed[tokens:, prefix] = False  # the second prompt's padding column ...
+    allowed[tokens, prefix] = True  # ... which only its own (padding) query sees
+    mask = torch.zeros(2 * tokens, width).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    angles = torch.rand(2 * tokens, dim) * 6
+    cos, sin = angles.cos(), angles.sin()
+    sin[:, : dim // 2] *= -1
+    stepped_keys, stepped_values = [k.clone() for k in keys], [v.clone() for v in values]
+    stepped = torch.stack(
+        [
+            kernels.decode_layers(
+                x[[r]].clone(),
+                weights,
+                eps,
+                stepped_keys,
+                stepped_values,
+                cos[[r]],
+                sin[[r]],
+                slots[[r]],
+                columns[[r]],
+                mask[[r]],
+                heads,
+                kv_heads,
+                dim**-0.5,
+            )[0]
+            for r in range(2 * tokens)
+        ]
+    )
+    got = kernels.decode_layers(
+        x, weights, eps, keys, values, cos, sin, slots, columns, mask, heads, kv_heads, dim**-0.5
+    )
+    torch.testing.assert_close(got, stepped, atol=1e-5, rtol=1e-5)
+    for mine, theirs in zip(keys + values, stepped_keys + stepped_values, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=0, rtol=0)
 
 
 @needs_kernel
 def test_decode_layers_refuses_inputs_that_do_not_fit():
     inputs = _layers_inputs(2, 32, 4, 2, 8, 64, 16, 1, False)
-    x, weights, eps, keys, values, cos, sin, columns, mask = inputs
+    x, weights, eps, keys, values, cos, sin, slots, columns, mask = inputs
+    columns = torch.tensor([3, 12])
 
     def call(**changed):
         given = dict(x=x, weights=_packed(weights), eps=eps, keys=keys, values=values, cos=cos, sin=sin)
-        given["columns"] = columns
+        given.update(slots=slots, columns=columns)
         given = {**given, "mask": mask, **changed}
         return kernels.decode_layers(*given.values(), 4, 2, 0.35)
 
+    call()  # as given, it runs
     with pytest.raises(RuntimeError, match="column outside"):
         call(columns=torch.tensor([0, 16]))
+    with pytest.raises(RuntimeError, match="column outside the mask"):
+        call(mask=mask[:, :12].contiguous())  # narrower than the second row's column
+    with pytest.raises(RuntimeError, match="slot outside"):
+        call(slots=torch.tensor([0, 2]))
+    with pytest.raises(RuntimeError, match="one slot per row"):
+        call(slots=torch.tensor([0]))
     with pytest.raises(RuntimeError, match="cache"):
         call(values=[values[0][:, :, :8]])
     with pytest.raises(RuntimeError, match="weights per layer"):
@@ -240,6 +308,6 @@ def test_decode_layers_refuses_inputs_that_do_not_fit():
     with pytest.raises(RuntimeError, match="panels"):
         call(weights=weights)  # as torch holds them, not laid out
     with pytest.raises(RuntimeError, match="mask"):
-        call(mask=mask[:, :8])
+        call(mask=torch.zeros(2, 17))  # wider than the cache
     with pytest.raises(RuntimeError, match="fp32"):
         call(x=x.double())

@@ -6,10 +6,10 @@ computes the same function with fewer and larger operations and no module calls:
 
 - the query, key and value projections multiply by one weight (their three stacked), as do the gate and up
   projections; in fp32 at up to `r1lite.kernels.MAX_ROWS` sequences (where the kernels can be built) every weight
-  is laid out once in panels (`r1lite.kernels.pack`), each decoding step runs every layer in one compiled call
-  (`r1lite.kernels.decode_layers`), and prefills and the LM head multiply through the compiled product
-  (`panels_linear`); otherwise each weight is laid out once for oneDNN (`torch.ops.mkldnn._reorder_linear_weight`)
-  for the whole call;
+  is laid out once in panels (`r1lite.kernels.pack`), every forward (a prefill, a row per prompt token, or a
+  decoding step, a row per live sequence) runs every layer in one compiled call (`r1lite.kernels.decode_layers`),
+  and the LM head multiplies through the compiled product (`panels_linear`); otherwise each weight is laid out once
+  for oneDNN (`torch.ops.mkldnn._reorder_linear_weight`) for the whole call, and between the products:
 - the rotary embedding turns queries and keys together, swapping the two halves of each head with one `flip`;
 - attention is `r1lite.attention.grouped_attention` over the `SlotCache` as it stands, and in a prefill (several
   tokens per sequence) torch's fused `scaled_dot_product_attention`, which makes no tensor of probabilities;
@@ -124,12 +124,12 @@ class LeanDecoder:
 
     Holds copies of the weights it stacks (q/k/v, gate/up), and of every weight where it lays them out (in panels
     for r1lite's kernels, or for oneDNN), made once: build one per `decode` call, so that a model whose weights
-    changed in between (a refreshed sampling copy) is read afresh. In fp32 at up to `r1lite.kernels.MAX_ROWS` rows,
-    where r1lite's kernels are available, each decoding step (one new token per slot, after a prefill) is one
-    compiled call over every layer, which writes the new keys and values into the cache itself; prefills run layer
-    by layer here, through the same compiled product."""
+    changed in between (a refreshed sampling copy) is read afresh. In fp32 at up to `r1lite.kernels.MAX_ROWS` slots,
+    where r1lite's kernels are available, every forward is one compiled call over every layer, a row per new token,
+    which writes the new keys and values into the cache itself; a decoding step may then cover the live slots alone
+    (`steps_on_some_slots`)."""
 
-    def __init__(self, model, rows: int):
+    def __init__(self, model, rows: int, whole_layers: bool = True):
         config = model.config
         inner = model.model
         self.rotary = inner.rotary_emb
@@ -144,6 +144,12 @@ class LeanDecoder:
         # from weights laid out for it, where this CPU's oneDNN can (`can_pack`).
         self.kernel = rows <= kernels.MAX_ROWS and self.embed.dtype == torch.float32 and kernels.available()
         self.packed = not self.kernel and can_pack(self.embed.dtype)
+        # With the kernels, every forward runs every layer in one compiled call (`kernels.decode_layers`);
+        # whole_layers=False keeps torch's operations between the compiled products (benchmarks compare the two).
+        self.whole_layers = self.kernel and whole_layers
+        # Whether a decoding step may cover the live slots alone (`SlotCache.aim` with slots): the compiled call
+        # reads each row's slot where it lies, where torch's attention would need the slots gathered first.
+        self.steps_on_some_slots = self.whole_layers
         self.layers = []
         for layer in inner.layers:
             attention, mlp = layer.self_attn, layer.mlp
@@ -165,7 +171,7 @@ class LeanDecoder:
                     down_bias=_detached(mlp.down_proj.bias),
                 )
             )
-        if self.kernel:  # decoding steps run every layer in one call (kernels.decode_layers)
+        if self.whole_layers:
             none = self.embed.new_empty(0)
             self.flat = [
                 none if t is None else t.data if isinstance(t, kernels.Panels) else t.contiguous()
@@ -213,11 +219,9 @@ class LeanDecoder:
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        if self.whole_layers:
+            return self._compiled(tokens, mask, positions, cache)
         batch, length = tokens.shape
-        if self.kernel and length == 1:
-            columns = cache.step_columns(len(self.layers))
-            if columns is not None:
-                return self._compiled_step(tokens, mask, positions, cache, columns)
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         half = dim // 2
         x = F.embedding(tokens, self.embed)
@@ -253,27 +257,30 @@ class LeanDecoder:
         half = self.head_dim // 2
         return cos, torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
 
-    def _compiled_step(self, tokens, mask, positions, cache, columns) -> torch.Tensor:
-        """A decoding step with every layer in one compiled call (`r1lite.kernels.decode_layers`), which writes the
-        new keys and values into the cache itself."""
-        x = F.embedding(tokens[:, 0], self.embed)  # (B, hidden), a fresh tensor the call updates in place
-        cos, sin = self._turns(x[:, None], positions)
-        cos, sin = cos[:, 0].contiguous(), sin[:, 0].contiguous()
+    def _compiled(self, tokens, mask, positions, cache) -> torch.Tensor:
+        """Every layer in one compiled call (`r1lite.kernels.decode_layers`), a row per token, which writes the new
+        keys and values into the cache itself; then the final norm and the LM head at each sequence's last token."""
+        batch, length = tokens.shape
+        slots, columns = cache.written(len(self.layers), self.kv_heads, self.head_dim)
+        x = F.embedding(tokens.reshape(-1), self.embed)  # (B * Q, hidden), a fresh tensor the call updates in place
+        cos, sin = self._turns(x[None], positions.reshape(1, -1))
         x = kernels.decode_layers(
             x,
             self.flat,
             self.eps,
             cache.keys,
             cache.values,
-            cos,
-            sin,
+            cos[0].contiguous(),
+            sin[0].contiguous(),
+            slots,
             columns,
-            mask.reshape(len(x), -1).contiguous(),
+            mask.reshape(batch * length, -1).contiguous(),
             self.heads,
             self.kv_heads,
             self.scaling,
         )
-        return self._linear(self._norm(x, self.norm, self.norm_eps), self.head, self.head_bias)
+        last = x.view(batch, length, -1)[:, -1]
+        return self._linear(self._norm(last, self.norm, self.norm_eps), self.head, self.head_bias)
 
 
 def _detached(bias: torch.Tensor | None) -> torch.Tensor | None:

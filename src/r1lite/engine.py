@@ -160,15 +160,18 @@ class SlotCache:
 
     Each layer's keys and values live in one (slots, kv_heads, width, head_dim) tensor, allocated at the first write
     (in whatever dtype the model computes). Before each forward, `aim` says where the new keys go: in a decoding
-    step one column per slot, each slot at its own column; in a prefill several columns of a few slots. Attention
-    reads all `width` columns, and the caller's mask hides every column not written for the sequence now in that
-    slot (`valid`). Nothing is copied per token, where `DynamicCache` concatenates and so copies the whole cache at
-    every token; a slot whose reply has ended takes the next prompt; a prefix common to every prompt is computed
-    once and stays in the first columns of every slot. The width follows the longest live sequence in steps of
-    `WIDTH_STEP` columns (`reserve`, `trim`), so attention does not read columns that no live sequence reaches.
+    step one column per slot (of every slot, or of the live ones where the forward writes the cache itself), each
+    slot at its own column; in a prefill several columns of a few slots. Attention reads all `width` columns
+    (r1lite's compiled forward: those up to each sequence's own), and the caller's mask hides every column not
+    written for the sequence now in that slot (`valid`). Nothing is copied per token, where `DynamicCache`
+    concatenates and so copies the whole cache at every token; a slot whose reply has ended takes the next prompt;
+    a prefix common to every prompt is computed once and stays in the first columns of every slot. The width
+    follows the longest live sequence in steps of `WIDTH_STEP` columns (`reserve`, `trim`), so attention does not
+    read columns that no live sequence reaches.
 
     It answers the one call a decoder layer makes (`update`): the model is always given positions and a ready 4-D
-    mask, so it never asks the cache for its length or mask sizes."""
+    mask, so it never asks the cache for its length or mask sizes. A forward that writes the cache itself asks
+    `written` instead."""
 
     WIDTH_STEP = 64
 
@@ -226,16 +229,16 @@ class SlotCache:
         rows = torch.arange(self.slots, device=columns.device) if slots is None else slots
         self._target = (rows[:, None], columns, slots, end)
 
-    def step_columns(self, layers: int) -> torch.Tensor | None:
-        """The column each slot's new key goes to, where the next forward is a decoding step aimed at every slot
-        (one column each) and each of `layers` layers has its tensors (a prefill came first); None otherwise. A
-        forward that writes the cache itself (`r1lite.kernels.decode_layers`) asks this instead of calling `update`."""
-        if self._target is None or len(self.keys) != layers:
-            return None
-        _, columns, slots, _ = self._target
-        if slots is not None or columns.shape[1] != 1:
-            return None
-        return columns[:, 0].contiguous()
+    def written(self, layers: int, kv_heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a forward that writes the cache itself (`r1lite.kernels.decode_layers`) instead of calling `update`:
+        the slot and the column of each key the aimed forward writes, batch row by batch row, a token at a time (two
+        (R,) int64 tensors); each of `layers` layers' (slots, kv_heads, width, head_dim) tensors allocated first."""
+        rows, columns, _, _ = self._target
+        while len(self.keys) < layers:
+            shape = (self.slots, kv_heads, self.width, head_dim)
+            self.keys.append(torch.zeros(shape, dtype=self.dtype, device=self.valid.device))
+            self.values.append(torch.zeros(shape, dtype=self.dtype, device=self.valid.device))
+        return rows.expand_as(columns).reshape(-1).contiguous(), columns.reshape(-1).contiguous()
 
     def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
         if layer_idx == len(self.keys):
@@ -436,11 +439,17 @@ def _decode(
                 going = torch.arange(len(going), device=device)
         if len(going) == 0:
             continue  # every live reply ended: prompts enter the freed slots before anything is decoded
-        # One token for every slot; an idle slot attends to its own write alone (no row of the mask is empty).
-        cache.aim(column[:, None])
-        cache.valid[going, column[going]] = True
-        allowed = cache.valid | (columns[None, : cache.width] == column[:, None])
-        logits = forward(token[:, None], cache.mask(allowed[:, None, None, :]), position[:, None], cache)
+        if getattr(forward, "steps_on_some_slots", False):  # one token for each live slot; idle ones cost nothing
+            cache.trim(int(column[going].max()) + 1)
+            cache.aim(column[going, None], slots=going)
+            cache.valid[going, column[going]] = True
+            mask = cache.mask(cache.valid[going][:, None, None, :])
+            logits[going] = forward(token[going, None], mask, position[going, None], cache)
+        else:  # one token for every slot; an idle slot attends to its own write alone (no row of the mask is empty)
+            cache.aim(column[:, None])
+            cache.valid[going, column[going]] = True
+            allowed = cache.valid | (columns[None, : cache.width] == column[:, None])
+            logits = forward(token[:, None], cache.mask(allowed[:, None, None, :]), position[:, None], cache)
         column[going] += 1
         position[going] += 1
 

@@ -2,7 +2,8 @@
 
 - `pack(weight)` lays a linear weight out once in panels of `PANEL` output columns, and `panels_linear(x, panels,
   bias)` computes x @ weight.T + bias from it, for the few rows of a decoding step and the hundreds of a prefill;
-- `decode_layers(...)`: every decoder layer of a Llama-family model for one new token per sequence, in one call
+- `decode_layers(...)`: every decoder layer of a Llama-family model for a set of new tokens, each of a sequence in
+  its cache slot, in one call: a decoding step (a token per sequence) or a prefill (a prompt's tokens)
   (`r1lite.decoder.LeanDecoder` hands it its panels and the `SlotCache`).
 
 At a handful of sequences a decoding step's products are bound by how fast the weights stream from memory; from a
@@ -138,20 +139,26 @@ def decode_layers(
     values: list[torch.Tensor],
     cos: torch.Tensor,
     sin: torch.Tensor,
+    slots: torch.Tensor,
     columns: torch.Tensor,
     mask: torch.Tensor,
     heads: int,
     kv_heads: int,
     scaling: float,
 ) -> torch.Tensor:
-    """Every decoder layer for one new token in each of B sequences, in place on x (B, hidden), which it returns.
+    """Every decoder layer for R new tokens, in place on x (R, hidden), which it returns.
 
+    Row r is a token of the sequence in cache slot `slots[r]`: its key and value are written at `columns[r]` of that
+    slot, and it attends to the slot's columns up to `columns[r]` alone, under its row of `mask` (R, Wm), additive,
+    0 where a column may be attended to (Wm at most the cache's width, beyond every row's column). Every row writes
+    before any attends, so a prefill is a row per prompt token (each sees those before it) and a decoding step a row
+    per sequence, for any subset of the slots. No two rows may write the same column of a slot.
     `weights`: per layer, in order, the first norm's weight, the stacked q/k/v weight and bias, the output weight
     and bias, the second norm's weight, the stacked gate/up weight and bias, the down weight and bias (an empty
     tensor for a missing bias; each weight laid out by `pack`, its `data` here); `eps`: the two norms' epsilons per
-    layer. `keys`, `values`: the cache, per layer (B, kv_heads, W, head_dim), slot b holding sequence b; each new
-    key and value is written at `columns[b]`, and row b attends to columns up to `columns[b]` alone (a decoding
-    step's token comes after every key its sequence wrote). `cos`, `sin` (B, head_dim): the rotary embedding at each
-    position, the first half of `sin` negated. `mask` (B, W): additive, 0 where a column may be attended to. All
-    fp32 and contiguous. Call only where `available()`."""
-    return _module().decode_layers(x, weights, eps, keys, values, cos, sin, columns, mask, heads, kv_heads, scaling)
+    layer. `keys`, `values`: the cache, per layer (S, kv_heads, W, head_dim). `cos`, `sin` (R, head_dim): the rotary
+    embedding at each row's position, the first half of `sin` negated. All fp32 and contiguous; `slots` and
+    `columns` int64. Call only where `available()`."""
+    return _module().decode_layers(
+        x, weights, eps, keys, values, cos, sin, slots, columns, mask, heads, kv_heads, scaling
+    )

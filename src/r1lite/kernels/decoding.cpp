@@ -249,47 +249,67 @@ inline void silu_mul(const float* gate, const float* up, float* out, int64_t n) 
   for (int64_t i = body; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
+// Rows per task where the loops between products run on several threads: one task for a decoding step's few rows,
+// several for a prefill's hundreds.
+constexpr int64_t kRowsPerTask = 64;
+
 // transformers' RMSNorm in fp32: weight * x / sqrt(mean(x^2) + eps), row by row.
 void rms_norm(const float* x, const float* weight, double eps, float* out, int64_t rows, int64_t width) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * width;
-    const float scale = 1.0f / std::sqrt(dot(xr, xr, width) / static_cast<float>(width) + static_cast<float>(eps));
-    for (int64_t i = 0; i < width; ++i) out[r * width + i] = weight[i] * (xr[i] * scale);
-  }
+  at::parallel_for(0, rows, kRowsPerTask, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * width;
+      const float scale = 1.0f / std::sqrt(dot(xr, xr, width) / static_cast<float>(width) + static_cast<float>(eps));
+      for (int64_t i = 0; i < width; ++i) out[r * width + i] = weight[i] * (xr[i] * scale);
+    }
+  });
+}
+
+// x += y over n floats.
+void add(float* x, const float* y, int64_t n) {
+  at::parallel_for(0, n, kRowsPerTask * 1024, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) x[i] += y[i];
+  });
 }
 
 const float* bias_of(const torch::Tensor& bias) { return bias.numel() ? bias.data_ptr<float>() : nullptr; }
 
-// x (B, hidden): the embeddings of each sequence's new token, turned into the last layer's output in place.
-// cos, sin (B, D): the rotary embedding at each sequence's position, sin with its first half negated (so that
-// rotate_half(t) * sin == swap_halves(t) * sin). keys, values: per layer (B, KV, W, D), the cache of slot b in row
-// b; the new key and value go to column columns[b]. mask (B, W): additive, 0 where a column may be attended to.
-// Row b attends to columns 0..columns[b] alone: a decoding step's token comes after every key its sequence wrote,
-// so the columns beyond its own (another sequence's leftovers, or not yet written) are masked and never read.
+// x (R, hidden): the embeddings of R new tokens, turned into the last layer's output in place. Row r is a token of
+// the sequence in cache slot slots[r]; its key and value go to column columns[r] of that slot, and it attends to
+// the slot's columns 0..columns[r] alone, under its row of the additive mask (R, Wm), 0 where a column may be
+// attended to. Every row's key and value are written before any row attends, so the rows of one sequence's prompt
+// (a prefill) see each other, each the ones before it; a decoding step is one row per sequence. The columns after a
+// row's own (another sequence's leftovers, or not yet written) are masked for it anyway and never read. No two rows
+// may write the same column of the same slot. cos, sin (R, D): the rotary embedding at each row's position, sin
+// with its first half negated (so that rotate_half(t) * sin == swap_halves(t) * sin). keys, values: per layer
+// (S, KV, W, D), one slot per sequence.
 torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& weights, const std::vector<double>& eps,
                             const std::vector<torch::Tensor>& keys, const std::vector<torch::Tensor>& values,
-                            const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& columns,
-                            const torch::Tensor& mask, int64_t heads, int64_t kv_heads, double scaling) {
+                            const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& slots,
+                            const torch::Tensor& columns, const torch::Tensor& mask, int64_t heads, int64_t kv_heads,
+                            double scaling) {
   const int64_t layers = static_cast<int64_t>(keys.size());
   TORCH_CHECK(layers > 0 && values.size() == keys.size(), "decode_layers: keys and values for every layer");
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == layers * kPerLayer, "decode_layers: ", kPerLayer,
               " weights per layer");
   TORCH_CHECK(static_cast<int64_t>(eps.size()) == 2 * layers, "decode_layers: two norm epsilons per layer");
-  TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2 && x.is_contiguous(), "decode_layers: x (B, hidden) fp32");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2 && x.is_contiguous(), "decode_layers: x (R, hidden) fp32");
   const int64_t B = x.size(0), hidden = x.size(1);
-  const int64_t D = keys[0].size(3), W = keys[0].size(2), groups = heads / kv_heads;
+  const int64_t S = keys[0].size(0), D = keys[0].size(3), W = keys[0].size(2), groups = heads / kv_heads;
   TORCH_CHECK(heads % kv_heads == 0 && keys[0].size(1) == kv_heads, "decode_layers: heads do not match the cache");
   TORCH_CHECK(cos.sizes() == sin.sizes() && cos.size(0) == B && cos.size(1) == D && cos.is_contiguous() &&
                   sin.is_contiguous() && cos.scalar_type() == torch::kFloat && sin.scalar_type() == torch::kFloat,
-              "decode_layers: cos and sin (B, head_dim) fp32");
-  TORCH_CHECK(mask.scalar_type() == torch::kFloat && mask.dim() == 2 && mask.size(0) == B && mask.size(1) == W &&
-                  mask.is_contiguous(), "decode_layers: mask (B, width) fp32");
-  TORCH_CHECK(columns.scalar_type() == torch::kLong && columns.numel() == B, "decode_layers: one column per row");
+              "decode_layers: cos and sin (R, head_dim) fp32");
+  TORCH_CHECK(mask.scalar_type() == torch::kFloat && mask.dim() == 2 && mask.size(0) == B && mask.size(1) <= W &&
+                  mask.is_contiguous(), "decode_layers: mask (R, at most the cache's width) fp32");
+  TORCH_CHECK(columns.scalar_type() == torch::kLong && columns.numel() == B && columns.is_contiguous(),
+              "decode_layers: one column per row");
+  TORCH_CHECK(slots.scalar_type() == torch::kLong && slots.numel() == B && slots.is_contiguous(),
+              "decode_layers: one slot per row");
   for (int64_t l = 0; l < layers; ++l) {
     for (const auto* cache : {&keys[l], &values[l]}) {
       TORCH_CHECK(cache->scalar_type() == torch::kFloat && cache->is_contiguous() && cache->dim() == 4 &&
-                      cache->size(0) == B && cache->size(1) == kv_heads && cache->size(2) == W && cache->size(3) == D,
-                  "decode_layers: a contiguous fp32 cache (B, KV, W, D) per layer");
+                      cache->size(0) == S && cache->size(1) == kv_heads && cache->size(2) == W && cache->size(3) == D,
+                  "decode_layers: a contiguous fp32 cache (S, KV, W, D) per layer");
     }
     for (int64_t w = 0; w < kPerLayer; ++w) {
       const auto& t = weights[l * kPerLayer + w];
@@ -315,7 +335,12 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
     }
   }
   const int64_t* cols = columns.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b) TORCH_CHECK(cols[b] >= 0 && cols[b] < W, "decode_layers: column outside the cache");
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t mask_width = mask.size(1);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(cols[b] >= 0 && cols[b] < mask_width, "decode_layers: a column outside the mask (and the cache)");
+    TORCH_CHECK(slot[b] >= 0 && slot[b] < S, "decode_layers: a slot outside the cache");
+  }
   const int64_t half = D / 2;
 
   auto options = x.options();
@@ -325,7 +350,6 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
   torch::Tensor proj_t = torch::empty({B, hidden}, options);
   torch::Tensor gate_up_t = torch::empty({B, 2 * intermediate}, options);
   torch::Tensor gated_t = torch::empty({B, intermediate}, options);
-  torch::Tensor probs_t = torch::empty({B * heads, W}, options);
   float* xp = x.data_ptr<float>();
   float* h = h_t.data_ptr<float>();
   float* qkv = qkv_t.data_ptr<float>();
@@ -333,11 +357,9 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
   float* proj = proj_t.data_ptr<float>();
   float* gate_up = gate_up_t.data_ptr<float>();
   float* gated = gated_t.data_ptr<float>();
-  float* probs = probs_t.data_ptr<float>();
   const float* cosp = cos.data_ptr<float>();
   const float* sinp = sin.data_ptr<float>();
   const float* maskp = mask.data_ptr<float>();
-  std::vector<float> turned(D);
 
   for (int64_t l = 0; l < layers; ++l) {
     const torch::Tensor* w = &weights[l * kPerLayer];
@@ -346,33 +368,37 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
 
     rms_norm(xp, w[kNorm1].data_ptr<float>(), eps[2 * l], h, B, hidden);
     linear_panels(h, B, hidden, w[kQKV].data_ptr<float>(), qkv_width, bias_of(w[kQKVBias]), qkv);
-    for (int64_t b = 0; b < B; ++b) {
-      float* row = qkv + b * qkv_width;
-      const float* c = cosp + b * D;
-      const float* s = sinp + b * D;
-      for (int64_t head = 0; head < heads + kv_heads; ++head) {  // queries and keys turn; values do not
-        float* t = row + head * D;
-        for (int64_t i = 0; i < D; ++i) turned[i] = t[i] * c[i] + t[i < half ? i + half : i - half] * s[i];
-        std::copy(turned.begin(), turned.end(), t);
+    at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
+      std::vector<float> turned(D);
+      for (int64_t b = b0; b < b1; ++b) {
+        float* row = qkv + b * qkv_width;
+        const float* c = cosp + b * D;
+        const float* s = sinp + b * D;
+        for (int64_t head = 0; head < heads + kv_heads; ++head) {  // queries and keys turn; values do not
+          float* t = row + head * D;
+          for (int64_t i = 0; i < D; ++i) turned[i] = t[i] * c[i] + t[i < half ? i + half : i - half] * s[i];
+          std::copy(turned.begin(), turned.end(), t);
+        }
+        for (int64_t g = 0; g < kv_heads; ++g) {
+          const int64_t at = ((slot[b] * kv_heads + g) * W + cols[b]) * D;
+          std::copy(row + (heads + g) * D, row + (heads + g + 1) * D, kc + at);
+          std::copy(row + (heads + kv_heads + g) * D, row + (heads + kv_heads + g + 1) * D, vc + at);
+        }
       }
-      for (int64_t g = 0; g < kv_heads; ++g) {
-        const int64_t at = ((b * kv_heads + g) * W + cols[b]) * D;
-        std::copy(row + (heads + g) * D, row + (heads + g + 1) * D, kc + at);
-        std::copy(row + (heads + kv_heads + g) * D, row + (heads + kv_heads + g + 1) * D, vc + at);
-      }
-    }
-    // Attention, one task per (sequence, key/value head): its query heads share each key and value read.
+    });
+    // Attention, one task per (row, key/value head): its query heads share each key and value read.
     at::parallel_for(0, B * kv_heads, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<float> buffer(mask_width);  // one head's scores, then its probabilities, at a time
+      float* p = buffer.data();
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t b = task / kv_heads, g = task % kv_heads;
-        const float* kb = kc + (b * kv_heads + g) * W * D;
-        const float* vb = vc + (b * kv_heads + g) * W * D;
-        const float* m = maskp + b * W;
+        const float* kb = kc + (slot[b] * kv_heads + g) * W * D;
+        const float* vb = vc + (slot[b] * kv_heads + g) * W * D;
+        const float* m = maskp + b * mask_width;
         const int64_t seen = cols[b] + 1;  // the new key's column and those before it: nothing later is attended
         for (int64_t j = 0; j < groups; ++j) {
           const int64_t head = g * groups + j;
           const float* q = qkv + b * qkv_width + head * D;
-          float* p = probs + (b * heads + head) * W;
           float top = -std::numeric_limits<float>::infinity();
           int64_t c = 0;
           if (D % 8 == 0) {  // eight columns at a time
@@ -408,16 +434,18 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
       }
     });
     linear_panels(attn, B, heads * D, w[kO].data_ptr<float>(), hidden, bias_of(w[kOBias]), proj);
-    for (int64_t i = 0; i < B * hidden; ++i) xp[i] += proj[i];
+    add(xp, proj, B * hidden);
 
     rms_norm(xp, w[kNorm2].data_ptr<float>(), eps[2 * l + 1], h, B, hidden);
     linear_panels(h, B, hidden, w[kGateUp].data_ptr<float>(), 2 * intermediate, bias_of(w[kGateUpBias]), gate_up);
-    for (int64_t b = 0; b < B; ++b) {
-      const float* gate = gate_up + b * 2 * intermediate;
-      silu_mul(gate, gate + intermediate, gated + b * intermediate, intermediate);
-    }
+    at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const float* gate = gate_up + b * 2 * intermediate;
+        silu_mul(gate, gate + intermediate, gated + b * intermediate, intermediate);
+      }
+    });
     linear_panels(gated, B, intermediate, w[kDown].data_ptr<float>(), hidden, bias_of(w[kDownBias]), proj);
-    for (int64_t i = 0; i < B * hidden; ++i) xp[i] += proj[i];
+    add(xp, proj, B * hidden);
   }
   return x;
 }
