@@ -117,13 +117,19 @@ void linear_panels(const float* xp, int64_t M, int64_t K, const float* panels, i
   }
 }
 
+// Whether `panels` is an fp32 weight of N outputs laid out by r1lite.kernels.pack: contiguous (ceil(N / kPanel), K,
+// kPanel).
+bool laid_out(const torch::Tensor& panels, int64_t N) {
+  return panels.scalar_type() == torch::kFloat && panels.dim() == 3 && panels.size(2) == kPanel &&
+         panels.size(0) == (N + kPanel - 1) / kPanel && panels.is_contiguous();
+}
+
 torch::Tensor panels_linear(const torch::Tensor& x, const torch::Tensor& panels, int64_t N,
                             const c10::optional<torch::Tensor>& bias) {
   TORCH_CHECK(x.device().is_cpu() && panels.device().is_cpu(), "panels_linear: CPU tensors only");
   TORCH_CHECK(x.scalar_type() == torch::kFloat && panels.scalar_type() == torch::kFloat, "panels_linear: fp32 only");
-  TORCH_CHECK(panels.dim() == 3 && panels.size(2) == kPanel && panels.is_contiguous() &&
-                  panels.size(0) == (N + kPanel - 1) / kPanel,
-              "panels_linear: a contiguous (ceil(N / ", kPanel, "), K, ", kPanel, ") weight for N = ", N);
+  TORCH_CHECK(laid_out(panels, N), "panels_linear: a contiguous (ceil(N / ", kPanel, "), K, ", kPanel,
+              ") weight for N = ", N);
   const int64_t K = panels.size(1);
   TORCH_CHECK(x.size(-1) == K, "panels_linear: x has ", x.size(-1), " features, the weight ", K);
   const torch::Tensor rows = x.reshape({-1, K}).contiguous();
@@ -328,8 +334,7 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
     for (const auto& [index, n, k] : shapes) {
       const auto& panels = weights[l * kPerLayer + index];
       const auto& bias = weights[l * kPerLayer + index + 1];
-      TORCH_CHECK(panels.dim() == 3 && panels.size(0) == (n + kPanel - 1) / kPanel && panels.size(1) == k &&
-                      panels.size(2) == kPanel && (bias.numel() == 0 || bias.numel() == n),
+      TORCH_CHECK(laid_out(panels, n) && panels.size(1) == k && (bias.numel() == 0 || bias.numel() == n),
                   "decode_layers: layer ", l, " weight ", index, " is not a (", n, " x ", k,
                   ") weight laid out in panels with its bias");
     }
