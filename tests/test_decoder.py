@@ -75,17 +75,20 @@ def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, m
         mock.patch.object(decoder, "can_pack", lambda dtype: laid_out and decoder_can_pack(dtype)),
         mock.patch.object(decoder.kernels, "available", lambda: use_kernel),
         mock.patch.object(decoder.kernels, "panels_linear", lambda *a: kernel_calls.append(1) or panels_linear(*a)),
-        mock.patch.object(decoder.kernels, "decode_layers", lambda *a: step_calls.append(1) or decode_layers(*a)),
+        mock.patch.object(
+            decoder.kernels, "decode_layers", lambda *a: step_calls.append(len(a[0])) or decode_layers(*a)
+        ),
     ):
         lean = LeanDecoder.for_model(model, 3)
         assert lean is not None and lean.kernel == use_kernel
         assert lean.packed == (laid_out and decoder_can_pack(torch.float32))
         lean_replies, lean_logits = _decode_recording(model, monkeypatch, lean=True)
     assert bool(kernel_calls) == use_kernel
-    # With the kernel, every forward runs its layers in one compiled call: the prefill of the prefix all prompts
-    # share ([1, 5]), then two waves of a prefill and 11 decoding steps (12 tokens, the first from the prefill),
-    # three prompts in the three slots, then the fourth.
-    assert len(step_calls) == (1 + 2 * (1 + 11) if use_kernel else 0)
+    # With the kernel, every forward runs its layers in one compiled call, a row per token computed: the prefill of
+    # the prefix all prompts share ([1, 5]), then two waves of a prefill and 11 decoding steps (12 tokens, the
+    # first from the prefill): the first three prompts' own 4 + 2 + 7 tokens (no row for the padding that makes
+    # them 3 x 7) and their three slots, then the fourth prompt's one token and its slot.
+    assert step_calls == ([2, 13] + [3] * 11 + [1] + [1] * 11 if use_kernel else [])
     plain_replies, plain_logits = _decode_recording(model, monkeypatch, lean=False)
     assert lean_replies == plain_replies
     assert [len(r) for r in lean_replies] == [12] * len(PROMPTS)

@@ -261,9 +261,12 @@ class LeanDecoder:
         """Every layer in one compiled call (`r1lite.kernels.decode_layers`), a row per token, which writes the new
         keys and values into the cache itself; then the final norm and the LM head at each sequence's last token."""
         batch, length = tokens.shape
-        slots, columns = cache.written(len(self.layers), self.kv_heads, self.head_dim)
-        x = F.embedding(tokens.reshape(-1), self.embed)  # (B * Q, hidden), a fresh tensor the call updates in place
-        cos, sin = self._turns(x[None], positions.reshape(1, -1))
+        slots, columns, keep = cache.written(len(self.layers), self.kv_heads, self.head_dim)
+        tokens, positions, mask = tokens.reshape(-1), positions.reshape(-1), mask.reshape(batch * length, -1)
+        if keep is not None:  # left padding: no query attends to its columns, so it is not computed
+            tokens, positions, mask = tokens[keep], positions[keep], mask[keep]
+        x = F.embedding(tokens, self.embed)  # (R, hidden), a fresh tensor the call updates in place
+        cos, sin = self._turns(x[None], positions[None])
         x = kernels.decode_layers(
             x,
             self.flat,
@@ -274,12 +277,14 @@ class LeanDecoder:
             sin[0].contiguous(),
             slots,
             columns,
-            mask.reshape(batch * length, -1).contiguous(),
+            mask.contiguous(),
             self.heads,
             self.kv_heads,
             self.scaling,
         )
-        last = x.view(batch, length, -1)[:, -1]
+        # Each sequence's last token, the last of its rows (padding is on the left).
+        counts = torch.full((batch,), length, device=x.device) if keep is None else keep.view(batch, length).sum(1)
+        last = x[counts.cumsum(0) - 1]
         return self._linear(self._norm(last, self.norm, self.norm_eps), self.head, self.head_bias)
 
 

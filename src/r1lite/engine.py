@@ -218,34 +218,43 @@ class SlotCache:
         if self._rounded(columns) + 2 * self.WIDTH_STEP <= self.width:
             self._resize(self._rounded(columns) + self.WIDTH_STEP)
 
-    def aim(self, columns: torch.Tensor, slots: torch.Tensor | None = None) -> None:
+    def aim(self, columns: torch.Tensor, slots: torch.Tensor | None = None, real: torch.Tensor | None = None) -> None:
         """The next forward writes batch row i's new keys at `columns[i]` (a row of W columns) of slot `slots[i]`;
         `slots=None`: every slot, in order, and attention then reads the cache itself (no copy). A write to every
-        slot is where each sequence ends, so the width is trimmed to the furthest of them first."""
+        slot is where each sequence ends, so the width is trimmed to the furthest of them first. `real` (like
+        `columns`): the tokens that are not left padding, which alone a forward that writes the cache itself
+        computes (no query attends to a padding column: `valid` leaves them out)."""
         end = int(columns.max()) + 1
         if slots is None:
             self.trim(end)
         self.reserve(end)
         rows = torch.arange(self.slots, device=columns.device) if slots is None else slots
-        self._target = (rows[:, None], columns, slots, end)
+        self._target = (rows[:, None], columns, slots, end, real)
 
-    def written(self, layers: int, kv_heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def written(
+        self, layers: int, kv_heads: int, head_dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """For a forward that writes the cache itself (`r1lite.kernels.decode_layers`) instead of calling `update`:
         the slot and the column of each key the aimed forward writes, batch row by batch row, a token at a time (two
-        (R,) int64 tensors); each of `layers` layers' (slots, kv_heads, width, head_dim) tensors allocated first."""
-        rows, columns, _, _ = self._target
+        (R,) int64 tensors), and which of the aimed tokens those are (a (B * W,) bool tensor; None: all of them);
+        each of `layers` layers' (slots, kv_heads, width, head_dim) tensors allocated first."""
+        rows, columns, _, _, real = self._target
         while len(self.keys) < layers:
             shape = (self.slots, kv_heads, self.width, head_dim)
             self.keys.append(torch.zeros(shape, dtype=self.dtype, device=self.valid.device))
             self.values.append(torch.zeros(shape, dtype=self.dtype, device=self.valid.device))
-        return rows.expand_as(columns).reshape(-1).contiguous(), columns.reshape(-1).contiguous()
+        slots, columns = rows.expand_as(columns).reshape(-1), columns.reshape(-1)
+        if real is None:
+            return slots.contiguous(), columns.contiguous(), None
+        keep = real.reshape(-1)
+        return slots[keep].contiguous(), columns[keep].contiguous(), keep
 
     def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
         if layer_idx == len(self.keys):
             shape = (self.slots, key_states.shape[1], self.width, key_states.shape[3])
             self.keys.append(key_states.new_zeros(shape))
             self.values.append(value_states.new_zeros(shape))
-        rows, columns, slots, end = self._target
+        rows, columns, slots, end, _ = self._target
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         # Indexed assignment: on a CPU scatter_ took 40x as long for the same write.
         keys[rows, :, columns] = key_states.transpose(1, 2)
@@ -469,9 +478,10 @@ def _enter(
     steps = columns[None, :width]  # (1, W)
     positions = shared + (steps - pad[:, None]).clamp(min=0)
     mine = columns[shared : shared + width]  # the columns this prefill writes
-    cache.aim(mine[None, :].expand(len(rests), -1), slots=slots)
+    real = steps >= pad[:, None]
+    cache.aim(mine[None, :].expand(len(rests), -1), slots=slots, real=real)
     cache.valid[slots, shared:] = False  # what the slot's previous sequence wrote
-    cache.valid[slots, shared : shared + width] = steps >= pad[:, None]
+    cache.valid[slots, shared : shared + width] = real
     # Query j (column shared+j) sees the valid columns up to its own, and always itself (a padding query too, so
     # that no row of the mask is empty).
     seen = columns[: shared + width]
