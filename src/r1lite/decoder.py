@@ -147,9 +147,6 @@ class LeanDecoder:
         # With the kernels, every forward runs every layer in one compiled call (`kernels.decode_layers`);
         # whole_layers=False keeps torch's operations between the compiled products (benchmarks compare the two).
         self.whole_layers = self.kernel and whole_layers
-        # Whether a decoding step may cover the live slots alone (`SlotCache.aim` with slots): the compiled call
-        # reads each row's slot where it lies, where torch's attention would need the slots gathered first.
-        self.steps_on_some_slots = self.whole_layers
         self.layers = []
         for layer in inner.layers:
             attention, mlp = layer.self_attn, layer.mlp
@@ -216,6 +213,12 @@ class LeanDecoder:
     def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         # transformers' RMSNorm: in fp32, then back to the activations' dtype before the weight.
         return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+    @property
+    def steps_on_some_slots(self) -> bool:
+        """Whether a decoding step may cover the live slots alone (`SlotCache.aim` with slots): the compiled call
+        reads each row's slot where it lies, where torch's attention would need the slots gathered first."""
+        return self.whole_layers
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:

@@ -240,20 +240,21 @@ class SlotCache:
         each of `layers` layers' (slots, kv_heads, width, head_dim) tensors allocated first."""
         rows, columns, _, _, real = self._target
         while len(self.keys) < layers:
-            shape = (self.slots, kv_heads, self.width, head_dim)
-            self.keys.append(torch.zeros(shape, dtype=self.dtype, device=self.valid.device))
-            self.values.append(torch.zeros(shape, dtype=self.dtype, device=self.valid.device))
+            self._new_layer(kv_heads, head_dim, self.dtype, self.valid.device)
         slots, columns = rows.expand_as(columns).reshape(-1), columns.reshape(-1)
         if real is None:
             return slots.contiguous(), columns.contiguous(), None
         keep = real.reshape(-1)
         return slots[keep].contiguous(), columns[keep].contiguous(), keep
 
+    def _new_layer(self, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        shape = (self.slots, kv_heads, self.width, head_dim)
+        self.keys.append(torch.zeros(shape, dtype=dtype, device=device))
+        self.values.append(torch.zeros(shape, dtype=dtype, device=device))
+
     def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
         if layer_idx == len(self.keys):
-            shape = (self.slots, key_states.shape[1], self.width, key_states.shape[3])
-            self.keys.append(key_states.new_zeros(shape))
-            self.values.append(value_states.new_zeros(shape))
+            self._new_layer(key_states.shape[1], key_states.shape[3], key_states.dtype, key_states.device)
         rows, columns, slots, end, _ = self._target
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         # Indexed assignment: on a CPU scatter_ took 40x as long for the same write.
