@@ -69,15 +69,19 @@ def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, m
     if use_kernel and not kernels.available():
         pytest.skip("r1lite's compiled kernel is not available on this machine (r1lite/kernels)")
     model = _load(model_dir, "fp32")
-    kernel_calls, step_calls = [], []
+    kernel_calls, step_calls, shared = [], [], []
     panels_linear, decode_layers = kernels.panels_linear, kernels.decode_layers
+
+    def recorded_layers(*args, **kwargs):
+        step_calls.append(len(args[0]))
+        shared.append(kwargs.get("shared", 0))
+        return decode_layers(*args, **kwargs)
+
     with (
         mock.patch.object(decoder, "can_pack", lambda dtype: laid_out and decoder_can_pack(dtype)),
         mock.patch.object(decoder.kernels, "available", lambda: use_kernel),
         mock.patch.object(decoder.kernels, "panels_linear", lambda *a: kernel_calls.append(1) or panels_linear(*a)),
-        mock.patch.object(
-            decoder.kernels, "decode_layers", lambda *a: step_calls.append(len(a[0])) or decode_layers(*a)
-        ),
+        mock.patch.object(decoder.kernels, "decode_layers", recorded_layers),
     ):
         lean = LeanDecoder.for_model(model, 3)
         assert lean is not None and lean.kernel == use_kernel
@@ -89,6 +93,8 @@ def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, m
     # first from the prefill): the first three prompts' own 4 + 2 + 7 tokens (no row for the padding that makes
     # them 3 x 7) and their three slots, then the fourth prompt's one token and its slot.
     assert step_calls == ([2, 13] + [3] * 11 + [1] + [1] * 11 if use_kernel else [])
+    # Every forward after the prefix's own reads the prefix's two columns from slot 0 alone.
+    assert shared == ([0] + [2] * 24 if use_kernel else [])
     plain_replies, plain_logits = _decode_recording(model, monkeypatch, lean=False)
     assert lean_replies == plain_replies
     assert [len(r) for r in lean_replies] == [12] * len(PROMPTS)

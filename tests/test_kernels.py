@@ -233,6 +233,41 @@ def test_decode_layers_reads_no_column_after_a_sequences_own():
 
 
 @needs_kernel
+@pytest.mark.parametrize("shared", [5, 8, 13])  # within the first eight columns, at their end, across the next eight
+@pytest.mark.parametrize("dim", [8, 64])  # values summed by the general loop, and by the one for 64-float heads
+def test_a_shared_prefix_is_read_from_slot_zero_alone(shared, dim):
+    """Columns below `shared` hold the same keys and values in every slot: with `shared` given, each row reads them
+    from slot 0, so the other slots' copies are never read (NaN there changes nothing), and the result is exactly
+    what reading every slot's own copy gives."""
+    inputs = _layers_inputs(4, 32, 4, 2, dim, 64, 24, 2, True, cache_slots=6)
+    x, weights, eps, keys, values, cos, sin, _, _, _ = inputs
+    weights = _packed(weights)
+    slots, columns = torch.tensor([3, 1, 5, 2]), torch.tensor([13, 17, 20, 23])
+    mask = torch.zeros(4, 24).masked_fill_(torch.arange(24) > columns[:, None], torch.finfo(torch.float32).min)
+    for cache in keys + values:
+        cache[1:, :, :shared] = cache[0, :, :shared]  # the prefix in every slot
+    copied = kernels.decode_layers(
+        x.clone(),
+        weights,
+        eps,
+        [k.clone() for k in keys],
+        [v.clone() for v in values],
+        cos,
+        sin,
+        slots,
+        columns,
+        mask,
+        4,
+        2,
+        0.35,
+    )
+    for cache in keys + values:
+        cache[1:, :, :shared] = float("nan")  # slot 0's alone
+    got = kernels.decode_layers(x, weights, eps, keys, values, cos, sin, slots, columns, mask, 4, 2, 0.35, shared)
+    torch.testing.assert_close(got, copied, atol=0, rtol=0)
+
+
+@needs_kernel
 def test_a_prefill_in_one_call_is_its_tokens_one_step_at_a_time():
     """A prompt's tokens as rows of one call (each attending to those before it, the keys of all written first)
     compute what decoding them one token per call computes: the same outputs and the same cache. Two prompts of
@@ -286,11 +321,11 @@ def test_decode_layers_refuses_inputs_that_do_not_fit():
     x, weights, eps, keys, values, cos, sin, slots, columns, mask = inputs
     columns = torch.tensor([3, 12])
 
-    def call(**changed):
+    def call(shared=0, **changed):
         given = dict(x=x, weights=_packed(weights), eps=eps, keys=keys, values=values, cos=cos, sin=sin)
         given.update(slots=slots, columns=columns)
         given = {**given, "mask": mask, **changed}
-        return kernels.decode_layers(*given.values(), 4, 2, 0.35)
+        return kernels.decode_layers(*given.values(), 4, 2, 0.35, shared)
 
     call()  # as given, it runs
     with pytest.raises(RuntimeError, match="column outside"):
@@ -311,3 +346,7 @@ def test_decode_layers_refuses_inputs_that_do_not_fit():
         call(mask=torch.zeros(2, 17))  # wider than the cache
     with pytest.raises(RuntimeError, match="fp32"):
         call(x=x.double())
+    with pytest.raises(RuntimeError, match="writes a column of the shared prefix"):
+        call(shared=4)  # the first row writes column 3
+    with pytest.raises(RuntimeError, match="shared prefix longer"):
+        call(shared=17)

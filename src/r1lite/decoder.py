@@ -284,6 +284,7 @@ class LeanDecoder:
             self.heads,
             self.kv_heads,
             self.scaling,
+            shared=cache.shared,
         )
         # Each sequence's last token, the last of its rows (padding is on the left).
         counts = torch.full((batch,), length, device=x.device) if keep is None else keep.view(batch, length).sum(1)

@@ -165,7 +165,8 @@ class SlotCache:
     (r1lite's compiled forward: those up to each sequence's own), and the caller's mask hides every column not
     written for the sequence now in that slot (`valid`). Nothing is copied per token, where `DynamicCache`
     concatenates and so copies the whole cache at every token; a slot whose reply has ended takes the next prompt;
-    a prefix common to every prompt is computed once and stays in the first columns of every slot. The width
+    a prefix common to every prompt is computed once and stays in the first `shared` columns of every slot (a
+    forward that writes the cache itself reads them from slot 0 alone, once for all its rows). The width
     follows the longest live sequence in steps of `WIDTH_STEP` columns (`reserve`, `trim`), so attention does not
     read columns that no live sequence reaches.
 
@@ -181,6 +182,7 @@ class SlotCache:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.valid = torch.zeros(slots, 0, dtype=torch.bool, device=device)  # columns that hold a key
+        self.shared = 0  # the first columns, the same in every slot and never written again
         self._target: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int] | None = None
 
     @property
@@ -389,6 +391,7 @@ def _decode(
         forward(ids, cache.mask(allowed[None, None]), columns[None, :shared], cache)
         cache.valid[0, :shared] = True
         cache.copy(0, torch.arange(1, slots, device=device), 0, shared)
+        cache.shared = shared
 
     eos_tensor = torch.tensor(eos, device=device)
     rows = torch.full((slots,), -1, dtype=torch.long, device=device)  # the reply each slot decodes; -1: idle

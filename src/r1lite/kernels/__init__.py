@@ -145,6 +145,7 @@ def decode_layers(
     heads: int,
     kv_heads: int,
     scaling: float,
+    shared: int = 0,
 ) -> torch.Tensor:
     """Every decoder layer for R new tokens, in place on x (R, hidden), which it returns.
 
@@ -152,7 +153,10 @@ def decode_layers(
     slot, and it attends to the slot's columns up to `columns[r]` alone, under its row of `mask` (R, Wm), additive,
     0 where a column may be attended to (Wm at most the cache's width, beyond every row's column). Every row writes
     before any attends, so a prefill is a row per prompt token (each sees those before it) and a decoding step a row
-    per sequence, for any subset of the slots. No two rows may write the same column of a slot.
+    per sequence, for any subset of the slots. No two rows may write the same column of a slot. The first `shared`
+    columns hold the same keys and values in every slot (a prefix all sequences start with, `SlotCache.shared`):
+    every row reads them from slot 0, so a decoding step reads them once for all its rows, and no row may write
+    them.
     `weights`: per layer, in order, the first norm's weight, the stacked q/k/v weight and bias, the output weight
     and bias, the second norm's weight, the stacked gate/up weight and bias, the down weight and bias (an empty
     tensor for a missing bias; each weight laid out by `pack`, its `data` here); `eps`: the two norms' epsilons per
@@ -160,5 +164,5 @@ def decode_layers(
     embedding at each row's position, the first half of `sin` negated. All fp32 and contiguous; `slots` and
     `columns` int64. Call only where `available()`."""
     return _module().decode_layers(
-        x, weights, eps, keys, values, cos, sin, slots, columns, mask, heads, kv_heads, scaling
+        x, weights, eps, keys, values, cos, sin, slots, columns, mask, shared, heads, kv_heads, scaling
     )

@@ -188,17 +188,20 @@ inline __m256 dot8(const float* q, const float* keys, int64_t D) {
   return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
 }
 
-// out (V vectors of 8) = sum over c < n of p[c] * inverse * v[c]: the output held in registers across columns.
+// out (V vectors of 8) = sum over c < n of p[c] * inverse * v[c], v[c] read from `common` for c < shared and from
+// `own` after: the output held in registers across columns.
 template <int V>
-void weighted_rows(const float* p, float inverse, const float* v, int64_t n, float* out) {
+void weighted_rows(const float* p, float inverse, const float* common, const float* own, int64_t shared, int64_t n,
+                   float* out) {
   __m256 acc[V];
 #pragma GCC unroll 16
   for (int i = 0; i < V; ++i) acc[i] = _mm256_setzero_ps();
   for (int64_t c = 0; c < n; ++c) {
     if (p[c] == 0.0f) continue;  // a masked column
     const __m256 weight = _mm256_set1_ps(p[c] * inverse);
+    const float* v = (c < shared ? common : own) + c * V * 8;
 #pragma GCC unroll 16
-    for (int i = 0; i < V; ++i) acc[i] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + c * V * 8 + i * 8), acc[i]);
+    for (int i = 0; i < V; ++i) acc[i] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + i * 8), acc[i]);
   }
 #pragma GCC unroll 16
   for (int i = 0; i < V; ++i) _mm256_storeu_ps(out + i * 8, acc[i]);
@@ -287,12 +290,14 @@ const float* bias_of(const torch::Tensor& bias) { return bias.numel() ? bias.dat
 // row's own (another sequence's leftovers, or not yet written) are masked for it anyway and never read. No two rows
 // may write the same column of the same slot. cos, sin (R, D): the rotary embedding at each row's position, sin
 // with its first half negated (so that rotate_half(t) * sin == swap_halves(t) * sin). keys, values: per layer
-// (S, KV, W, D), one slot per sequence.
+// (S, KV, W, D), one slot per sequence. The first `shared` columns hold the same keys and values in every slot (a
+// prefix every sequence starts with): they are read from slot 0 alone, so that a decoding step reads them from
+// memory once for all its rows instead of once per row, and no row may write them.
 torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& weights, const std::vector<double>& eps,
                             const std::vector<torch::Tensor>& keys, const std::vector<torch::Tensor>& values,
                             const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& slots,
-                            const torch::Tensor& columns, const torch::Tensor& mask, int64_t heads, int64_t kv_heads,
-                            double scaling) {
+                            const torch::Tensor& columns, const torch::Tensor& mask, int64_t shared, int64_t heads,
+                            int64_t kv_heads, double scaling) {
   const int64_t layers = static_cast<int64_t>(keys.size());
   TORCH_CHECK(layers > 0 && values.size() == keys.size(), "decode_layers: keys and values for every layer");
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == layers * kPerLayer, "decode_layers: ", kPerLayer,
@@ -342,8 +347,10 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
   const int64_t* cols = columns.data_ptr<int64_t>();
   const int64_t* slot = slots.data_ptr<int64_t>();
   const int64_t mask_width = mask.size(1);
+  TORCH_CHECK(shared >= 0 && shared <= W, "decode_layers: a shared prefix longer than the cache");
   for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK(cols[b] >= 0 && cols[b] < mask_width, "decode_layers: a column outside the mask (and the cache)");
+    TORCH_CHECK(cols[b] >= shared, "decode_layers: a row writes a column of the shared prefix");
     TORCH_CHECK(slot[b] >= 0 && slot[b] < S, "decode_layers: a slot outside the cache");
   }
   const int64_t half = D / 2;
@@ -391,14 +398,19 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
         }
       }
     });
-    // Attention, one task per (row, key/value head): its query heads share each key and value read.
+    // Attention, one task per (row, key/value head): its query heads share each key and value read. The first
+    // `shared` columns, the same in every slot, are read from slot 0's, which the rows of every slot then share.
     at::parallel_for(0, B * kv_heads, 1, [&](int64_t t0, int64_t t1) {
       std::vector<float> buffer(mask_width);  // one head's scores, then its probabilities, at a time
+      std::vector<float> straddle(8 * D);     // eight keys on both sides of the shared prefix's end, side by side
       float* p = buffer.data();
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t b = task / kv_heads, g = task % kv_heads;
         const float* kb = kc + (slot[b] * kv_heads + g) * W * D;
         const float* vb = vc + (slot[b] * kv_heads + g) * W * D;
+        const float* k0 = kc + g * W * D;  // slot 0's
+        const float* v0 = vc + g * W * D;
+        const auto key = [&](int64_t c) { return (c < shared ? k0 : kb) + c * D; };
         const float* m = maskp + b * mask_width;
         const int64_t seen = cols[b] + 1;  // the new key's column and those before it: nothing later is attended
         for (int64_t j = 0; j < groups; ++j) {
@@ -410,7 +422,12 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
             const __m256 scale = _mm256_set1_ps(static_cast<float>(scaling));
             __m256 tops = _mm256_set1_ps(top);
             for (; c + 8 <= seen; c += 8) {
-              const __m256 scores = _mm256_fmadd_ps(dot8(q, kb + c * D, D), scale, _mm256_loadu_ps(m + c));
+              const float* eight = key(c);
+              if (c < shared && c + 8 > shared) {
+                for (int64_t i = 0; i < 8; ++i) std::copy(key(c + i), key(c + i) + D, straddle.data() + i * D);
+                eight = straddle.data();
+              }
+              const __m256 scores = _mm256_fmadd_ps(dot8(q, eight, D), scale, _mm256_loadu_ps(m + c));
               _mm256_storeu_ps(p + c, scores);
               tops = _mm256_max_ps(tops, scores);
             }
@@ -419,20 +436,20 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
             top = *std::max_element(lanes, lanes + 8);
           }
           for (; c < seen; ++c) {
-            p[c] = dot(q, kb + c * D, D) * static_cast<float>(scaling) + m[c];
+            p[c] = dot(q, key(c), D) * static_cast<float>(scaling) + m[c];
             top = std::max(top, p[c]);
           }
           const float total = exp_shifted(p, top, seen);
           float* out = attn + b * heads * D + head * D;
           const float inverse = 1.0f / total;
           if (D == 64) {
-            weighted_rows<8>(p, inverse, vb, seen, out);
+            weighted_rows<8>(p, inverse, v0, vb, shared, seen, out);
           } else if (D == 128) {
-            weighted_rows<16>(p, inverse, vb, seen, out);
+            weighted_rows<16>(p, inverse, v0, vb, shared, seen, out);
           } else {
             std::fill(out, out + D, 0.0f);
             for (int64_t col = 0; col < seen; ++col) {
-              if (p[col] != 0.0f) axpy(p[col] * inverse, vb + col * D, out, D);
+              if (p[col] != 0.0f) axpy(p[col] * inverse, (col < shared ? v0 : vb) + col * D, out, D);
             }
           }
         }
