@@ -69,7 +69,7 @@ def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, m
     if use_kernel and not kernels.available():
         pytest.skip("r1lite's compiled kernel is not available on this machine (r1lite/kernels)")
     model = _load(model_dir, "fp32")
-    kernel_calls, step_calls, shared = [], [], []
+    kernel_calls, step_calls, shared, trims = [], [], [], []
     panels_linear, decode_layers = kernels.panels_linear, kernels.decode_layers
 
     def recorded_layers(*args, **kwargs):
@@ -82,6 +82,7 @@ def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, m
         mock.patch.object(decoder.kernels, "available", lambda: use_kernel),
         mock.patch.object(decoder.kernels, "panels_linear", lambda *a: kernel_calls.append(1) or panels_linear(*a)),
         mock.patch.object(decoder.kernels, "decode_layers", recorded_layers),
+        mock.patch.object(engine.SlotCache, "trim", lambda self, columns: trims.append(columns)),
     ):
         lean = LeanDecoder.for_model(model, 3)
         assert lean is not None and lean.kernel == use_kernel
@@ -95,6 +96,9 @@ def test_lean_forward_gives_transformers_logits_and_replies_in_fp32(model_dir, m
     assert step_calls == ([2, 13] + [3] * 11 + [1] + [1] * 11 if use_kernel else [])
     # Every forward after the prefix's own reads the prefix's two columns from slot 0 alone.
     assert shared == ([0] + [2] * 24 if use_kernel else [])
+    # The compiled forward reads each slot's columns up to its own alone: the cache is never trimmed (a copy of all
+    # of it); torch's attention reads every column, so there each decoding step trims what no sequence reaches.
+    assert (trims == []) == use_kernel
     plain_replies, plain_logits = _decode_recording(model, monkeypatch, lean=False)
     assert lean_replies == plain_replies
     assert [len(r) for r in lean_replies] == [12] * len(PROMPTS)
