@@ -196,12 +196,18 @@ void weighted_rows(const float* p, float inverse, const float* common, const flo
   __m256 acc[V];
 #pragma GCC unroll 16
   for (int i = 0; i < V; ++i) acc[i] = _mm256_setzero_ps();
-  for (int64_t c = 0; c < n; ++c) {
+  const int64_t split = std::min(shared, n);
+  for (int64_t c = 0; c < split; ++c) {
     if (p[c] == 0.0f) continue;  // a masked column
     const __m256 weight = _mm256_set1_ps(p[c] * inverse);
-    const float* v = (c < shared ? common : own) + c * V * 8;
 #pragma GCC unroll 16
-    for (int i = 0; i < V; ++i) acc[i] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + i * 8), acc[i]);
+    for (int i = 0; i < V; ++i) acc[i] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(common + c * V * 8 + i * 8), acc[i]);
+  }
+  for (int64_t c = split; c < n; ++c) {
+    if (p[c] == 0.0f) continue;
+    const __m256 weight = _mm256_set1_ps(p[c] * inverse);
+#pragma GCC unroll 16
+    for (int i = 0; i < V; ++i) acc[i] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(own + c * V * 8 + i * 8), acc[i]);
   }
 #pragma GCC unroll 16
   for (int i = 0; i < V; ++i) _mm256_storeu_ps(out + i * 8, acc[i]);
@@ -413,6 +419,10 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
         const auto key = [&](int64_t c) { return (c < shared ? k0 : kb) + c * D; };
         const float* m = maskp + b * mask_width;
         const int64_t seen = cols[b] + 1;  // the new key's column and those before it: nothing later is attended
+        const int64_t across = shared / 8 * 8;  // the block of eight columns the prefix ends inside, if any
+        if (D % 8 == 0 && shared % 8 != 0 && across + 8 <= seen) {
+          for (int64_t i = 0; i < 8; ++i) std::copy(key(across + i), key(across + i) + D, straddle.data() + i * D);
+        }
         for (int64_t j = 0; j < groups; ++j) {
           const int64_t head = g * groups + j;
           const float* q = qkv + b * qkv_width + head * D;
@@ -422,11 +432,7 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
             const __m256 scale = _mm256_set1_ps(static_cast<float>(scaling));
             __m256 tops = _mm256_set1_ps(top);
             for (; c + 8 <= seen; c += 8) {
-              const float* eight = key(c);
-              if (c < shared && c + 8 > shared) {
-                for (int64_t i = 0; i < 8; ++i) std::copy(key(c + i), key(c + i) + D, straddle.data() + i * D);
-                eight = straddle.data();
-              }
+              const float* eight = c + 8 <= shared ? k0 + c * D : c >= shared ? kb + c * D : straddle.data();
               const __m256 scores = _mm256_fmadd_ps(dot8(q, eight, D), scale, _mm256_loadu_ps(m + c));
               _mm256_storeu_ps(p + c, scores);
               tops = _mm256_max_ps(tops, scores);
