@@ -200,6 +200,11 @@ def _packed(weights: list[torch.Tensor]) -> list[torch.Tensor]:
     return [kernels.pack(w).data if i % 10 in products else w for i, w in enumerate(weights)]
 
 
+def _on_copies(x, weights, eps, keys, values, *rest):
+    """`decode_layers` on copies of x and of the cache, which stay as they were."""
+    return kernels.decode_layers(x.clone(), weights, eps, [k.clone() for k in keys], [v.clone() for v in values], *rest)
+
+
 @needs_kernel
 def test_decode_layers_reads_no_column_after_a_sequences_own():
     """Columns past a sequence's new key hold another sequence's leftovers or nothing yet: the mask hides them, and
@@ -208,21 +213,7 @@ def test_decode_layers_reads_no_column_after_a_sequences_own():
     x, weights, eps, keys, values, cos, sin, slots, columns, mask = inputs
     columns = torch.tensor([0, 9, 23])
     mask = torch.zeros(3, 24).masked_fill_(torch.arange(24) > columns[:, None], torch.finfo(torch.float32).min)
-    clean = kernels.decode_layers(
-        x.clone(),
-        _packed(weights),
-        eps,
-        [k.clone() for k in keys],
-        [v.clone() for v in values],
-        cos,
-        sin,
-        slots,
-        columns,
-        mask,
-        4,
-        2,
-        0.35,
-    )
+    clean = _on_copies(x, _packed(weights), eps, keys, values, cos, sin, slots, columns, mask, 4, 2, 0.35)
     later = torch.arange(24) > columns[:, None]  # (sequence, column)
     for cache in keys + values:  # (sequence, key/value head, column, head_dim)
         cache.masked_fill_(later[:, None, :, None], float("nan"))
@@ -246,21 +237,7 @@ def test_a_shared_prefix_is_read_from_slot_zero_alone(shared, dim):
     mask = torch.zeros(4, 24).masked_fill_(torch.arange(24) > columns[:, None], torch.finfo(torch.float32).min)
     for cache in keys + values:
         cache[1:, :, :shared] = cache[0, :, :shared]  # the prefix in every slot
-    copied = kernels.decode_layers(
-        x.clone(),
-        weights,
-        eps,
-        [k.clone() for k in keys],
-        [v.clone() for v in values],
-        cos,
-        sin,
-        slots,
-        columns,
-        mask,
-        4,
-        2,
-        0.35,
-    )
+    copied = _on_copies(x, weights, eps, keys, values, cos, sin, slots, columns, mask, 4, 2, 0.35)
     for cache in keys + values:
         cache[1:, :, :shared] = float("nan")  # slot 0's alone
     got = kernels.decode_layers(x, weights, eps, keys, values, cos, sin, slots, columns, mask, 4, 2, 0.35, shared)
