@@ -15,6 +15,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -36,7 +37,7 @@ inline float horizontal_sum(__m256 v) {
 // (ceil(N / kPanel), K, kPanel), zeros past N, and a product is a sum of outer products: per k, one panel row (two
 // vector loads) times up to kPanelRows broadcast values of x, into 2 x kPanelRows accumulators held in registers.
 // x is taken in chunks of rows that stay in the second-level cache and K in blocks whose slice of a panel stays in
-// the first; each thread takes a contiguous range of panels, streamed front to back with software prefetch. Every
+// the first; threads take a few panels at a time, each streamed front to back with software prefetch. Every
 // product of the embedded model's decoding step, LM head included, on an AVX2 EPYC: as fast as the dot-product form
 // r1lite used before at 1-8 rows (both bound by memory), 1.12-1.30x faster at 16-32 (benchmarks/panels_vs_rows.py).
 constexpr int64_t kPanel = 16;              // output columns per panel: two vectors of eight
@@ -44,6 +45,7 @@ constexpr int64_t kPanelRows = 6;           // rows of x per pass over a panel: 
 constexpr int64_t kDepth = 256;             // K per block: a panel's block is 16 KiB, its six rows of x 6 KiB
 constexpr int64_t kChunkBytes = 256 << 10;  // rows of x taken together: about half of a core's second-level cache
 constexpr int64_t kPanelPrefetch = 256;     // panel rows (64 B each) prefetched ahead of the read: 16 KiB
+constexpr int64_t kGrab = 4;                // panels a thread takes at a time
 
 // Rows m < M of y[:, n0:n0 + kPanel] (+)= x[:, k0:k0 + depth] @ panel block; `first`: = bias (or 0) + product.
 template <int M>
@@ -102,14 +104,23 @@ void linear_panels(const float* xp, int64_t M, int64_t K, const float* panels, i
   const int64_t chunk = std::max<int64_t>(kPanelRows, kChunkBytes / (K * 4) / kPanelRows * kPanelRows);
   for (int64_t m0 = 0; m0 < M; m0 += chunk) {
     const int64_t m1 = std::min(M, m0 + chunk);
-    at::parallel_for(0, count, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
-          const float* block = panels + (p * K + k0) * kPanel;
-          const int64_t depth = std::min(kDepth, K - k0);
-          for (int64_t m = m0; m < m1; m += kPanelRows) {
-            const int64_t rows = std::min(kPanelRows, m1 - m);
-            kPanelRowsFns[rows - 1](xp + m * K + k0, K, block, depth, b, k0 == 0, yp + m * N, N, p * kPanel);
+    // Threads take panels kGrab at a time from a shared counter, not halves fixed in advance: on a shared host one
+    // core often runs slower than the other, and the faster then waited for it at the end of every product.
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+      for (int64_t first = next.fetch_add(kGrab); first < count; first = next.fetch_add(kGrab)) {
+        for (int64_t p = first; p < std::min(count, first + kGrab); ++p) {
+          for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+            const float* block = panels + (p * K + k0) * kPanel;
+            const int64_t depth = std::min(kDepth, K - k0);
+            // Passes of near-equal rows (26 rows as 6 + 5 + 5 + 5 + 5, not 6 + 6 + 6 + 6 + 2): a pass of one or two
+            // rows has too few accumulators to hide the multiply-add's latency, and cost 1.5x a row of a full pass.
+            for (int64_t m = m0; m < m1;) {
+              const int64_t left = m1 - m, passes = (left + kPanelRows - 1) / kPanelRows;
+              const int64_t rows = (left + passes - 1) / passes;
+              kPanelRowsFns[rows - 1](xp + m * K + k0, K, block, depth, b, k0 == 0, yp + m * N, N, p * kPanel);
+              m += rows;
+            }
           }
         }
       }
@@ -406,11 +417,15 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
     });
     // Attention, one task per (row, key/value head): its query heads share each key and value read. The first
     // `shared` columns, the same in every slot, are read from slot 0's, which the rows of every slot then share.
-    at::parallel_for(0, B * kv_heads, 1, [&](int64_t t0, int64_t t1) {
+    // Each thread takes the next task from a shared counter: a task's length follows its row's column, so halves
+    // fixed in advance left one thread waiting for the other.
+    std::atomic<int64_t> next_task{0};
+    const int64_t tasks = B * kv_heads;
+    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
       std::vector<float> buffer(mask_width);  // one head's scores, then its probabilities, at a time
       std::vector<float> straddle(8 * D);     // eight keys on both sides of the shared prefix's end, side by side
       float* p = buffer.data();
-      for (int64_t task = t0; task < t1; ++task) {
+      for (int64_t task = next_task++; task < tasks; task = next_task++) {
         const int64_t b = task / kv_heads, g = task % kv_heads;
         const float* kb = kc + (slot[b] * kv_heads + g) * W * D;
         const float* vb = vc + (slot[b] * kv_heads + g) * W * D;
