@@ -1,8 +1,10 @@
 """The `r1lite` command: help, errors as one line with exit code 2, chat with and without an adapter."""
 
+import gc
+
 import pytest
 
-from r1lite.cli import main
+from r1lite.cli import _collector_paused, main
 
 
 def test_top_level_help(capsys):
@@ -18,6 +20,20 @@ def test_every_command_has_help(command, capsys):
         main([*command, "--help"])
     assert exc.value.code == 0
     assert "usage: r1lite" in capsys.readouterr().out
+
+
+def test_imports_run_with_the_collector_paused_and_it_is_back_on_after_them():
+    """Every command imports under `_collector_paused`; the collector must be on again afterwards, even where an
+    import fails, or a long training run would never free its reference cycles."""
+    with _collector_paused():
+        assert not gc.isenabled()
+        import r1lite.errors  # noqa: F401
+    assert gc.isenabled()
+    assert gc.get_freeze_count() > 0  # what the imports left alive is out of the collector's later passes
+    with pytest.raises(ImportError), _collector_paused():
+        import r1lite.no_such_module  # noqa: F401
+    assert gc.isenabled()
+    gc.unfreeze()
 
 
 def test_unknown_command(capsys):
