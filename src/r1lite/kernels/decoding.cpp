@@ -275,9 +275,9 @@ inline void silu_mul(const float* gate, const float* up, float* out, int64_t n) 
   for (int64_t i = body; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-// Rows per task where the loops between products run on several threads: one task for a decoding step's few rows,
-// several for a prefill's hundreds.
-constexpr int64_t kRowsPerTask = 64;
+// Rows per task where the loops between products run on several threads. Even a decoding step's few rows are
+// shared out: a thread that runs them alone leaves the others spinning until it is done.
+constexpr int64_t kRowsPerTask = 8;
 
 // transformers' RMSNorm in fp32: weight * x / sqrt(mean(x^2) + eps), row by row.
 void rms_norm(const float* x, const float* weight, double eps, float* out, int64_t rows, int64_t width) {
@@ -405,7 +405,10 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
         const float* s = sinp + b * D;
         for (int64_t head = 0; head < heads + kv_heads; ++head) {  // queries and keys turn; values do not
           float* t = row + head * D;
-          for (int64_t i = 0; i < D; ++i) turned[i] = t[i] * c[i] + t[i < half ? i + half : i - half] * s[i];
+          // One rounding order written out (std::fma), so that the compiler cannot contract it one way in its
+          // vector loop and another in the scalar one it picks for some addresses: every row, on whatever thread,
+          // gets the same bits.
+          for (int64_t i = 0; i < D; ++i) turned[i] = std::fma(t[i], c[i], t[i < half ? i + half : i - half] * s[i]);
           std::copy(turned.begin(), turned.end(), t);
         }
         for (int64_t g = 0; g < kv_heads; ++g) {
