@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,33 +24,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from earlier_kernel import build  # noqa: E402
 from machine import describe  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SLOTS, WIDTH, SHARED = 32, 420, 30  # eval's slots; a cache wide enough for prompt + 256 new tokens; the system prompt
-
-
-def build(commit: str, folder: Path):
-    from torch.utils.cpp_extension import load
-
-    from r1lite.kernels import FLAGS
-
-    source = subprocess.run(
-        ["git", "show", f"{commit}:src/r1lite/kernels/decoding.cpp"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    path = folder / "decoding_before.cpp"
-    path.write_text(source)
-    return load(
-        name="r1lite_decoding_before",
-        sources=[str(path)],
-        extra_cflags=FLAGS,
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(folder),
-    )
 
 
 def rows_of_a_step(rows: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,31 +24,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from earlier_kernel import build  # noqa: E402
 from machine import describe  # noqa: E402
 
 BEFORE = "e4dea29"
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def build_before(folder: Path):
-    from torch.utils.cpp_extension import load
-
-    source = subprocess.run(
-        ["git", "show", f"{BEFORE}:src/r1lite/kernels/decoding.cpp"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    path = folder / "decoding_before.cpp"
-    path.write_text(source)
-    return load(
-        name="r1lite_decoding_before",
-        sources=[str(path)],
-        extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(folder),
-    )
 
 
 def panels_step(lean, x: torch.Tensor, gated: torch.Tensor) -> None:
@@ -90,7 +68,7 @@ def main() -> None:
     if not kernels.available():
         raise SystemExit("r1lite's kernels are not available here (see r1lite/kernels/__init__.py for why not)")
     with tempfile.TemporaryDirectory() as folder:
-        before = build_before(Path(folder))
+        before = build(BEFORE, Path(folder))
     model, _ = load_for_generation(ModelArgs(model="embedded:smollm2-135m-instruct", precision="fp32"))
     lean = LeanDecoder(model, 32)  # its weights laid out in panels
     rows_weights = []  # the earlier kernel's: stacked as the lean decoder stacks them, in torch's layout
