@@ -160,6 +160,25 @@ def test_lean_forward_steps_aside_where_it_does_not_compute_the_same_thing(tiny_
     assert [len(r) for r in replies] == [3, 3]
 
 
+def test_cpu_slots_follow_the_forward_that_decodes(tiny_model_dir, monkeypatch):
+    """On a CPU, `r1lite eval`'s slots: 64 where every forward is one compiled call, whose steps cost less per row
+    the more rows they have, and 32 through transformers' forward (the evaluation during training, an unmerged
+    adapter), whose cache would otherwise raise training's peak memory."""
+    from peft import get_peft_model
+
+    llama = _load(tiny_model_dir, "fp32")
+    peft_model = get_peft_model(_load(tiny_model_dir, "fp32"), lora_config(4, 8, 0.0, ["q_proj", "v_proj"]))
+    bf16 = _load(tiny_model_dir, "bf16")
+    assert engine.auto_batch_size(peft_model, 100) == engine.CPU_BATCH_SIZE == 32
+    assert engine.auto_batch_size(bf16, 100) == engine.CPU_BATCH_SIZE
+    assert engine.COMPILED_CPU_BATCH_SIZE <= kernels.MAX_ROWS  # every slot's row within the compiled forward's reach
+    if kernels.available():
+        assert engine.auto_batch_size(llama, 100) == engine.COMPILED_CPU_BATCH_SIZE == 64
+        assert LeanDecoder(llama, engine.COMPILED_CPU_BATCH_SIZE).whole_layers
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    assert engine.auto_batch_size(llama, 100) == engine.CPU_BATCH_SIZE
+
+
 def test_lean_forward_reads_the_weights_as_they_are_when_built(tiny_model_dir):
     """A decoder holds its own copy of the weights it stacks (q/k/v, gate/up): a sampling copy refreshed between
     steps needs a new one, and `decode` builds one per call."""

@@ -292,6 +292,41 @@ def test_slot_cache_width_follows_the_longest_live_sequence():
         cache.reserve(201)
 
 
+def test_slot_cache_resizes_one_tensor_at_a_time(monkeypatch):
+    """Growing a cache of many layers, or keeping some of its slots, drops each old tensor as its copy is made: the
+    whole old cache held beside the new one raised `r1lite eval`'s peak memory by the cache's size."""
+    import weakref
+
+    import r1lite.engine as engine
+    from r1lite.engine import SlotCache
+
+    layers = 6
+    cache = SlotCache(slots=4, capacity=300, device=torch.device("cpu"), dtype=torch.float32)
+    cache.aim(torch.tensor([[3]] * 4))
+    for layer in range(layers):
+        cache.update(torch.ones(4, 2, 1, 8), torch.ones(4, 2, 1, 8), layer)
+    alive_at_each_copy = []
+
+    def watch(make):
+        def made(*args, **kwargs):
+            alive_at_each_copy.append(sum(ref() is not None for ref in old))
+            return make(*args, **kwargs)
+
+        return made
+
+    for change in (lambda: cache.reserve(200), lambda: cache.keep(torch.tensor([3, 1]))):
+        old = [weakref.ref(t) for t in (*cache.keys, *cache.values)]
+        alive_at_each_copy.clear()
+        with monkeypatch.context() as patched:
+            patched.setattr(engine.torch, "cat", watch(torch.cat))  # growing: a copy per tensor
+            patched.setattr(torch.Tensor, "__getitem__", watch(torch.Tensor.__getitem__))  # keeping: an indexed copy
+            change()
+        # The k-th copy is made once the k tensors before it have been dropped (keys first, then values).
+        assert alive_at_each_copy[: 2 * layers] == [2 * layers - k for k in range(2 * layers)]
+        assert all(ref() is None for ref in old)
+    assert cache.slots == 2 and cache.width == 4 * SlotCache.WIDTH_STEP and cache.keys[0][:, :, 3].eq(1).all()
+
+
 def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny, questions):
     model, tokenizer = tiny
     state = torch.random.get_rng_state()

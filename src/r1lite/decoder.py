@@ -197,6 +197,14 @@ class LeanDecoder:
             logger.debug("decoding through transformers' forward: %s", exc)
             return None
 
+    @staticmethod
+    def compiles(model) -> bool:
+        """Whether a decoder for `model` at up to `r1lite.kernels.MAX_ROWS` slots runs every forward as one
+        compiled call (`kernels.decode_layers`): a model `for_model` accepts, in fp32, where the kernels build."""
+        return (
+            _why_not(model) is None and model.model.embed_tokens.weight.dtype == torch.float32 and kernels.available()
+        )
+
     def _pack(self, weight: torch.Tensor) -> torch.Tensor | kernels.Panels:
         if self.kernel:
             return kernels.pack(weight)

@@ -30,10 +30,14 @@ from r1lite.errors import EvalError
 
 logger = logging.getLogger(__name__)
 
-# Sequences decoding together on a CPU (the slots of `decode`). On 200 GSM8K questions (256 new tokens) 32 slots ran
-# 2.15 q/s and 64 slots 2.04 q/s: the weight matmuls are compute-bound at 32 rows on two cores, and the larger
-# prefills of 64 slots pad more. On a GPU the slots are sized to the free memory (`auto_batch_size`).
+# Sequences decoding together on a CPU (the slots of `decode`). Where every forward is one compiled call
+# (`LeanDecoder.compiles`: a plain Llama-family model in fp32), a decoding step's cost per row falls as its rows grow
+# (AVX2, two cores, every layer and the LM head: 3.30 ms a row at 26 rows, 2.82 at 64; benchmarks/step_rows.py), so
+# 64 slots: the whole GSM8K test split decoded in 523 s at 64 slots against 596-678 s at 32, with the same replies.
+# Through transformers' forward (an unmerged adapter: the evaluation during training) 32, since the larger cache would
+# raise training's peak memory. On a GPU the slots are sized to the free memory (`auto_batch_size`).
 CPU_BATCH_SIZE = 32
+COMPILED_CPU_BATCH_SIZE = 64
 MAX_GPU_BATCH_SIZE = 512
 
 
@@ -202,8 +206,11 @@ class SlotCache:
             extra[dim] = width - tensor.shape[dim]
             return torch.cat([tensor, tensor.new_zeros(extra)], dim=dim)
 
-        self.keys = [resized(keys, 2) for keys in self.keys]
-        self.values = [resized(values, 2) for values in self.values]
+        # One tensor at a time, each old one dropped as its copy is made: a list built whole held the old cache and
+        # the new one together (at 64 slots, 1.5 GB more at the peak of `r1lite eval`).
+        for tensors in (self.keys, self.values):
+            for i, tensor in enumerate(tensors):
+                tensors[i] = resized(tensor, 2)
         self.valid = resized(self.valid, 1)
 
     def _rounded(self, columns: int) -> int:
@@ -277,8 +284,9 @@ class SlotCache:
 
     def keep(self, slots: torch.Tensor) -> None:
         """Only `slots` remain, renumbered from 0 in that order (one copy of what they hold)."""
-        self.keys = [keys[slots] for keys in self.keys]
-        self.values = [values[slots] for values in self.values]
+        for tensors in (self.keys, self.values):  # one tensor at a time, as in `_resize`
+            for i, tensor in enumerate(tensors):
+                tensors[i] = tensor[slots]
         self.valid = self.valid[slots]
 
     def mask(self, allowed: torch.Tensor) -> torch.Tensor:
@@ -500,10 +508,11 @@ def _enter(
 
 
 def auto_batch_size(model, max_tokens: int) -> int:
-    """Sequences decoding together: CPU_BATCH_SIZE on a CPU; on a GPU, as many as half the free memory holds in KV
-    cache at `max_tokens` tokens each (the other half for weights' activations and logits), at most 512."""
+    """Sequences decoding together: on a CPU, COMPILED_CPU_BATCH_SIZE where every forward is one compiled call and
+    CPU_BATCH_SIZE otherwise; on a GPU, as many as half the free memory holds in KV cache at `max_tokens` tokens
+    each (the other half for weights' activations and logits), at most 512."""
     if model.device.type != "cuda":
-        return CPU_BATCH_SIZE
+        return COMPILED_CPU_BATCH_SIZE if LeanDecoder.compiles(model) else CPU_BATCH_SIZE
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
