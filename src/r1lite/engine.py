@@ -32,8 +32,9 @@ logger = logging.getLogger(__name__)
 
 # Sequences decoding together on a CPU (the slots of `decode`). Where every forward is one compiled call
 # (`LeanDecoder.compiles`: a plain Llama-family model in fp32), a decoding step's cost per row falls as its rows grow
-# (AVX2, two cores, every layer and the LM head: 3.30 ms a row at 26 rows, 2.82 at 64; benchmarks/step_rows.py), so
-# 64 slots: the whole GSM8K test split decoded in 523 s at 64 slots against 596-678 s at 32, with the same replies.
+# (AVX2, two cores, every layer and the LM head: 2.71 ms a row at 26 rows, 2.62 at 32, 2.44 at 64;
+# benchmarks/step_rows.py), and fewer, larger steps and prefills leave less to the loop around them: 64 slots. The
+# whole GSM8K test split decoded in 478.6 s at 64 slots and 529.1 s at 32, back to back, with the same replies.
 # Through transformers' forward (an unmerged adapter: the evaluation during training) 32, since the larger cache would
 # raise training's peak memory. On a GPU the slots are sized to the free memory (`auto_batch_size`).
 CPU_BATCH_SIZE = 32
@@ -207,7 +208,8 @@ class SlotCache:
             return torch.cat([tensor, tensor.new_zeros(extra)], dim=dim)
 
         # One tensor at a time, each old one dropped as its copy is made: a list built whole held the old cache and
-        # the new one together (at 64 slots, 1.5 GB more at the peak of `r1lite eval`).
+        # the new one together (`r1lite eval` of the whole GSM8K test split at 64 slots peaked at 3.74 GB that way,
+        # 3.19 GB this way).
         for tensors in (self.keys, self.values):
             for i, tensor in enumerate(tensors):
                 tensors[i] = resized(tensor, 2)

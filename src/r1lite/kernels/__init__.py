@@ -46,7 +46,7 @@ FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]  # OpenMP: at::parallel_for runs 
 # 1.9x faster than oneDNN's products with torch's operations between them at 1-8 sequences, 1.45x at 16 and 1.23x
 # at 32 (benchmarks/kernel_decode.py --baseline onednn, with the dot-product kernel r1lite had before the panels);
 # more sequences decode through oneDNN. Since every forward became one compiled call, its cost per row keeps falling
-# up to 64 rows (AVX2, two cores: 2.73 ms a row at 26, 2.41 at 48, 2.36 at 64; benchmarks/step_rows.py), so up to 64.
+# up to 64 rows (AVX2, two cores: 2.25 ms a row at 26, 2.18 at 32, 2.06 at 64; benchmarks/step_rows.py), so up to 64.
 MAX_ROWS = 64
 
 
