@@ -98,18 +98,32 @@ using PanelRows = void (*)(const float*, int64_t, const float*, int64_t, const f
 constexpr PanelRows kPanelRowsFns[kPanelRows] = {panel_rows<1>, panel_rows<2>, panel_rows<3>,
                                                  panel_rows<4>, panel_rows<5>, panel_rows<6>};
 
+// Runs `work(take)` once on every thread of torch's pool; `take(begin, end)` hands the calling thread the next `grab`
+// of `count` items, [begin, end), from a counter the threads share, and returns false once none are left. A thread
+// that runs fast takes more: with halves fixed in advance, the faster thread waited for the slower at the end of
+// every loop, and on a shared host one core often runs slower than the other.
+template <typename Work>
+void share_out(int64_t count, int64_t grab, const Work& work) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    work([&](int64_t& begin, int64_t& end) {
+      begin = next.fetch_add(grab);
+      end = std::min(count, begin + grab);
+      return begin < count;
+    });
+  });
+}
+
 // y (M, N) = x (M, K) @ w.T + b, w laid out in panels (ceil(N / kPanel), K, kPanel); all contiguous, b may be null.
+// Threads take panels kGrab at a time (`share_out`).
 void linear_panels(const float* xp, int64_t M, int64_t K, const float* panels, int64_t N, const float* b, float* yp) {
   const int64_t count = (N + kPanel - 1) / kPanel;
   const int64_t chunk = std::max<int64_t>(kPanelRows, kChunkBytes / (K * 4) / kPanelRows * kPanelRows);
   for (int64_t m0 = 0; m0 < M; m0 += chunk) {
     const int64_t m1 = std::min(M, m0 + chunk);
-    // Threads take panels kGrab at a time from a shared counter, not halves fixed in advance: on a shared host one
-    // core often runs slower than the other, and the faster then waited for it at the end of every product.
-    std::atomic<int64_t> next{0};
-    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
-      for (int64_t first = next.fetch_add(kGrab); first < count; first = next.fetch_add(kGrab)) {
-        for (int64_t p = first; p < std::min(count, first + kGrab); ++p) {
+    share_out(count, kGrab, [&](const auto& take) {
+      for (int64_t first, last; take(first, last);) {
+        for (int64_t p = first; p < last; ++p) {
           for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
             const float* block = panels + (p * K + k0) * kPanel;
             const int64_t depth = std::min(kDepth, K - k0);
@@ -420,15 +434,12 @@ torch::Tensor decode_layers(torch::Tensor x, const std::vector<torch::Tensor>& w
     });
     // Attention, one task per (row, key/value head): its query heads share each key and value read. The first
     // `shared` columns, the same in every slot, are read from slot 0's, which the rows of every slot then share.
-    // Each thread takes the next task from a shared counter: a task's length follows its row's column, so halves
-    // fixed in advance left one thread waiting for the other.
-    std::atomic<int64_t> next_task{0};
-    const int64_t tasks = B * kv_heads;
-    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    // Threads take tasks one at a time (`share_out`): a task's length follows its row's column.
+    share_out(B * kv_heads, 1, [&](const auto& take) {
       std::vector<float> buffer(mask_width);  // one head's scores, then its probabilities, at a time
       std::vector<float> straddle(8 * D);     // eight keys on both sides of the shared prefix's end, side by side
       float* p = buffer.data();
-      for (int64_t task = next_task++; task < tasks; task = next_task++) {
+      for (int64_t task, last; take(task, last);) {
         const int64_t b = task / kv_heads, g = task % kv_heads;
         const float* kb = kc + (slot[b] * kv_heads + g) * W * D;
         const float* vb = vc + (slot[b] * kv_heads + g) * W * D;
