@@ -209,7 +209,7 @@ class SlotCache:
 
         # One tensor at a time, each old one dropped as its copy is made: a list built whole held the old cache and
         # the new one together (`r1lite eval` of the whole GSM8K test split at 64 slots peaked at 3.74 GB that way,
-        # 3.19 GB this way).
+        # 3.19-3.48 GB this way).
         for tensors in (self.keys, self.values):
             for i, tensor in enumerate(tensors):
                 tensors[i] = resized(tensor, 2)
