@@ -161,9 +161,9 @@ def test_lean_forward_steps_aside_where_it_does_not_compute_the_same_thing(tiny_
 
 
 def test_cpu_slots_follow_the_forward_that_decodes(tiny_model_dir, monkeypatch):
-    """On a CPU, `r1lite eval`'s slots: 64 where every forward is one compiled call, whose steps cost less per row
-    the more rows they have, and 32 through transformers' forward (the evaluation during training, an unmerged
-    adapter), whose cache would otherwise raise training's peak memory."""
+    """On a CPU, `r1lite eval`'s slots: up to 64 where every forward is one compiled call, whose steps cost less per
+    row the more rows they have, as many as fit the cache's budget; 32 through transformers' forward (the evaluation
+    during training, an unmerged adapter), whose cache would otherwise raise training's peak memory."""
     from peft import get_peft_model
 
     llama = _load(tiny_model_dir, "fp32")
@@ -175,6 +175,14 @@ def test_cpu_slots_follow_the_forward_that_decodes(tiny_model_dir, monkeypatch):
     if kernels.available():
         assert engine.auto_batch_size(llama, 100) == engine.COMPILED_CPU_BATCH_SIZE == 64
         assert LeanDecoder(llama, engine.COMPILED_CPU_BATCH_SIZE).whole_layers
+        # Fewer where 64 sequences' cache at max_tokens would pass the budget, and never fewer than 32.
+        config = llama.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4  # fp32
+        assert engine._cache_bytes_per_token(llama) == per_token
+        tokens = engine.CPU_CACHE_BYTES // (per_token * 48)
+        assert engine.auto_batch_size(llama, tokens) == 48
+        assert engine.auto_batch_size(llama, tokens * 100) == engine.CPU_BATCH_SIZE
     monkeypatch.setattr(kernels, "available", lambda: False)
     assert engine.auto_batch_size(llama, 100) == engine.CPU_BATCH_SIZE
 

@@ -201,9 +201,9 @@ class GenerationArgs:
     batch_size: int | None = field(
         default=None,
         metadata={
-            "help": "Sequences generated together (questions x replies). Unset: on CPU 64 where r1lite's "
-            "compiled forward runs (a plain Llama/Qwen2 model in fp32) and 32 otherwise; sized to the free memory on "
-            "a GPU."
+            "help": "Sequences generated together (questions x replies). Unset: on CPU up to 64 where r1lite's "
+            "compiled forward runs (a plain Llama/Qwen2 model in fp32; as many as 1.5 GiB of cache holds, at least "
+            "32) and 32 otherwise; sized to the free memory on a GPU."
         },
     )
     backend: str = field(

@@ -35,10 +35,13 @@ logger = logging.getLogger(__name__)
 # (AVX2, two cores, every layer and the LM head: 2.71 ms a row at 26 rows, 2.62 at 32, 2.44 at 64;
 # benchmarks/step_rows.py), and fewer, larger steps and prefills leave less to the loop around them: 64 slots. The
 # whole GSM8K test split decoded in 478.6 s at 64 slots and 529.1 s at 32, back to back, with the same replies.
-# Through transformers' forward (an unmerged adapter: the evaluation during training) 32, since the larger cache would
-# raise training's peak memory. On a GPU the slots are sized to the free memory (`auto_batch_size`).
+# Fewer where 64 sequences' cache would pass CPU_CACHE_BYTES at the longest prompt plus the new tokens asked for (the
+# embedded model in fp32 takes 45 KiB a token: 64 slots up to 256 new tokens after GSM8K's longest test prompt, 46
+# at 512). Through transformers' forward (an unmerged adapter: the evaluation during training) 32, since the larger
+# cache would raise training's peak memory. On a GPU the slots are sized to the free memory (`auto_batch_size`).
 CPU_BATCH_SIZE = 32
 COMPILED_CPU_BATCH_SIZE = 64
+CPU_CACHE_BYTES = 3 << 29  # 1.5 GiB
 MAX_GPU_BATCH_SIZE = 512
 
 
@@ -509,18 +512,26 @@ def _enter(
     return forward(ids, cache.mask(allowed[:, None]), positions, cache)
 
 
-def auto_batch_size(model, max_tokens: int) -> int:
-    """Sequences decoding together: on a CPU, COMPILED_CPU_BATCH_SIZE where every forward is one compiled call and
-    CPU_BATCH_SIZE otherwise; on a GPU, as many as half the free memory holds in KV cache at `max_tokens` tokens
-    each (the other half for weights' activations and logits), at most 512."""
-    if model.device.type != "cuda":
-        return COMPILED_CPU_BATCH_SIZE if LeanDecoder.compiles(model) else CPU_BATCH_SIZE
+def _cache_bytes_per_token(model) -> int:
+    """Bytes of keys and values one token takes in the cache, over every layer, in the model's dtype."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    bytes_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * torch.finfo(model.dtype).bits // 8
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.finfo(model.dtype).bits // 8
+
+
+def auto_batch_size(model, max_tokens: int) -> int:
+    """Sequences decoding together. On a CPU: where every forward is one compiled call, as many as fill
+    CPU_CACHE_BYTES of cache at `max_tokens` tokens each, from CPU_BATCH_SIZE to COMPILED_CPU_BATCH_SIZE, and
+    CPU_BATCH_SIZE otherwise. On a GPU, as many as half the free memory holds in cache at `max_tokens` tokens each
+    (the other half for weights' activations and logits), at most 512."""
+    if model.device.type != "cuda":
+        if not LeanDecoder.compiles(model):
+            return CPU_BATCH_SIZE
+        fits = CPU_CACHE_BYTES // (_cache_bytes_per_token(model) * max_tokens)
+        return int(min(COMPILED_CPU_BATCH_SIZE, max(CPU_BATCH_SIZE, fits)))
     free, _ = torch.cuda.mem_get_info(model.device)
-    return int(max(1, min(MAX_GPU_BATCH_SIZE, free // 2 // (bytes_per_token * max_tokens))))
+    return int(max(1, min(MAX_GPU_BATCH_SIZE, free // 2 // (_cache_bytes_per_token(model) * max_tokens))))
 
 
 def generate_replies(
