@@ -210,13 +210,16 @@ class SlotCache:
             extra[dim] = width - tensor.shape[dim]
             return torch.cat([tensor, tensor.new_zeros(extra)], dim=dim)
 
-        # One tensor at a time, each old one dropped as its copy is made: a list built whole held the old cache and
-        # the new one together (`r1lite eval` of the whole GSM8K test split at 64 slots peaked at 3.74 GB that way,
-        # 3.19-3.48 GB this way).
+        self._replace_each(lambda tensor: resized(tensor, 2))
+        self.valid = resized(self.valid, 1)
+
+    def _replace_each(self, copy: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Every layer's keys and values replaced by `copy` of them, one tensor at a time, each old one dropped as
+        its copy is made: a list built whole held the old cache and the new one together (`r1lite eval` of the whole
+        GSM8K test split at 64 slots peaked at 3.74 GB that way, 3.19-3.48 GB this way)."""
         for tensors in (self.keys, self.values):
             for i, tensor in enumerate(tensors):
-                tensors[i] = resized(tensor, 2)
-        self.valid = resized(self.valid, 1)
+                tensors[i] = copy(tensor)
 
     def _rounded(self, columns: int) -> int:
         return min(self.capacity, -(-columns // self.WIDTH_STEP) * self.WIDTH_STEP)
@@ -289,9 +292,7 @@ class SlotCache:
 
     def keep(self, slots: torch.Tensor) -> None:
         """Only `slots` remain, renumbered from 0 in that order (one copy of what they hold)."""
-        for tensors in (self.keys, self.values):  # one tensor at a time, as in `_resize`
-            for i, tensor in enumerate(tensors):
-                tensors[i] = tensor[slots]
+        self._replace_each(lambda tensor: tensor[slots])
         self.valid = self.valid[slots]
 
     def mask(self, allowed: torch.Tensor) -> torch.Tensor:
