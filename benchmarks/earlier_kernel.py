@@ -11,9 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build(commit: str, folder: Path):
     """The kernel module at `commit`, built into `folder` under a name of its own (beside this checkout's)."""
-    from torch.utils.cpp_extension import load
-
-    from r1lite.kernels import FLAGS
+    from r1lite.kernels import compile_module
 
     source = subprocess.run(
         ["git", "show", f"{commit}:src/r1lite/kernels/decoding.cpp"],
@@ -24,10 +22,4 @@ def build(commit: str, folder: Path):
     ).stdout
     path = folder / "decoding_before.cpp"
     path.write_text(source)
-    return load(
-        name="r1lite_decoding_before",
-        sources=[str(path)],
-        extra_cflags=FLAGS,
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(folder),
-    )
+    return compile_module(path, "r1lite_decoding_before", folder)

@@ -67,7 +67,7 @@ def _module():
     if reason is not None:
         logger.debug("r1lite's decoding kernel is not used: %s", reason)
         return None
-    from torch.utils.cpp_extension import get_default_build_root, load
+    from torch.utils.cpp_extension import get_default_build_root
 
     tag = f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}"
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()  # where torch's builder looks
@@ -76,14 +76,7 @@ def _module():
         logger.info("Compiling r1lite's decoding kernels for this CPU, once (about 40 s, into %s)", build)
     try:
         build.mkdir(parents=True, exist_ok=True)
-        _find_ninja()
-        return load(
-            name="r1lite_decoding",
-            sources=[str(SOURCE)],
-            extra_cflags=FLAGS,
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(build),
-        )
+        return compile_module(SOURCE, "r1lite_decoding", build)
     except Exception as exc:  # no compiler, no ninja, a failed build: decode with oneDNN's products instead
         logger.warning(
             "r1lite's decoding kernels could not be built, so CPU decoding runs without them (slower; "
@@ -91,6 +84,17 @@ def _module():
             str(exc)[-500:],
         )
         return None
+
+
+def compile_module(source: Path, name: str, folder: Path):
+    """The extension module `name` compiled from `source` with r1lite's flags into `folder` (an existing one), or
+    loaded from there where torch's builder finds it up to date. Raises where it cannot be built."""
+    from torch.utils.cpp_extension import load
+
+    _find_ninja()
+    return load(
+        name=name, sources=[str(source)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], build_directory=str(folder)
+    )
 
 
 def _find_ninja() -> None:
